@@ -60,7 +60,7 @@ class LayerSpec:
         return len(self.shape) == 0
 
 
-SpecTree = Union[LayerSpec, list["SpecTree"]]
+SpecTree = Union[LayerSpec, list["SpecTree"]]  # noqa: UP007 - a runtime alias
 
 #: Kinds that count as "dimensional" layers (conv, dense) for the blocks rules.
 DIMENSIONAL_KINDS = ("conv", "dense", "einsum")

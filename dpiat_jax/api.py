@@ -1,0 +1,313 @@
+"""The public entry points: ``transfer``, ``match``, ``similarity``, ``rank_sources``.
+
+Each composes the pipeline stages of design.md (layers -> blocks -> scores ->
+alignment -> matching -> tensors -> variables); each stage is a public function of its
+own module too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+
+from dpiat_jax import inputs
+from dpiat_jax.alignment import align, alignment_scores
+from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
+from dpiat_jax.inputs import CallSpec
+from dpiat_jax.layers import ModuleNode, build_hierarchy, record_calls, trace
+from dpiat_jax.matching import MatchReport, build_report, layer_pairs
+from dpiat_jax.spec import LayerSpec, validate_tree
+from dpiat_jax.tensors import get_tensor_rule
+from dpiat_jax.variables import write_tensors
+
+__all__ = ["transfer", "match", "similarity", "rank_sources", "module_blocks"]
+
+
+def _is_input(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _as_variables(tree: Any, argname: str) -> tuple[dict, bool, bool]:
+    """Returns ``(variables, was_variables_dict, was_frozen)`` for what the user passed."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(
+            f"`{argname}` must be a Flax variables dict ({{'params': ...}}) or a params "
+            f"collection (a nested dict of arrays), got {type(tree).__name__}."
+        )
+    frozen = isinstance(tree, flax.core.FrozenDict)
+    plain = flax.core.unfreeze(tree) if frozen else dict(tree)
+    if "params" in plain and isinstance(plain["params"], Mapping):
+        return plain, True, frozen
+    return {"params": plain}, False, frozen
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    src_root: ModuleNode
+    dst_root: ModuleNode
+    dst_variables: dict
+
+
+def _src_call(module, variables, sample_input, kwargs, argname) -> CallSpec:
+    kwargs = inputs.call_kwargs_for(module, kwargs)
+    if sample_input is None:
+        sample_input = inputs.infer_sample_input(module, variables, kwargs, argname)
+    return CallSpec(sample_input, kwargs)
+
+
+def _trace_source(module, variables, call: CallSpec, argname: str) -> ModuleNode:
+    try:
+        root, abstract = trace(module, variables, (call.sample_input,), call.kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+        raise inputs.init_error(module, call, argname, err) from err
+    inputs.check_variables_fit(module, variables, abstract, argname)
+    return root
+
+
+def _init_target(module, call: CallSpec, rng) -> tuple[ModuleNode, dict]:
+    rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
+    try:
+        fresh, calls = record_calls(module.init, rngs, call.sample_input, **call.kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+        raise inputs.init_error(module, call, "dst_def", err) from err
+    fresh = flax.core.unfreeze(fresh)
+    return build_hierarchy(calls, fresh), fresh
+
+
+def _prepare(src_params, src_def, dst_def, rng, sample_input, call_kwargs):
+    inputs.check_module(src_def, "src_def")
+    inputs.check_module(dst_def, "dst_def")
+    variables, is_vars, frozen = _as_variables(src_params, "src_params")
+    src_in, dst_in = inputs.split_pair(sample_input, "sample_input", is_single=_is_input)
+    src_kw, dst_kw = inputs.split_pair(
+        call_kwargs, "call_kwargs", is_single=lambda x: isinstance(x, Mapping)
+    )
+    src_call = _src_call(src_def, variables, src_in, src_kw, "src_params")
+    src_root = _trace_source(src_def, variables, src_call, "src_params")
+    dst_kwargs = inputs.call_kwargs_for(dst_def, dst_kw)
+    dst_call = CallSpec(src_call.sample_input if dst_in is None else dst_in, dst_kwargs)
+    if isinstance(dst_call.sample_input, jax.ShapeDtypeStruct):
+        dst_call = CallSpec(
+            jax.numpy.zeros(dst_call.sample_input.shape, dst_call.sample_input.dtype),
+            dst_kwargs,
+        )
+    rng = jax.random.key(0) if rng is None else rng
+    dst_root, fresh = _init_target(dst_def, dst_call, rng)
+    return _Prepared(src_root, dst_root, fresh), is_vars, frozen
+
+
+def _nonempty(tree: list, argname: str) -> None:
+    if not any(not x.is_placeholder for x in tree_leaves(tree)):
+        raise ValueError(
+            f"`{argname}` has no layers with parameters: there is nothing to align. "
+            "Check that the module creates parameters when called with this input."
+        )
+
+
+def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule):
+    prepared, is_vars, frozen = _prepare(
+        src_params, src_def, dst_def, rng, sample_input, call_kwargs
+    )
+    src_blocks, dst_blocks = blocks(prepared.src_root), blocks(prepared.dst_root)
+    _nonempty(src_blocks, "src_def")
+    _nonempty(dst_blocks, "dst_def")
+    src_spec, dst_spec = to_spec_tree(src_blocks), to_spec_tree(dst_blocks)
+    result = align(src_spec, dst_spec)
+    self_score = float(alignment_scores([dst_spec], dst_spec)[0])
+    pairs = layer_pairs(result, src_blocks, dst_blocks)
+    rule = get_tensor_rule(tensor_rule)
+    rng = jax.random.key(0) if rng is None else rng
+    new_vars, written, skipped = write_tensors(
+        pairs, prepared.dst_variables, rule, jax.random.fold_in(rng, 2)
+    )
+    report = build_report(
+        pairs,
+        src_blocks,
+        dst_blocks,
+        written=written,
+        skipped=skipped,
+        score=result.score,
+        similarity=result.score / self_score if self_score > 0 else 0.0,
+        tensor_rule=tensor_rule if isinstance(tensor_rule, str) else tensor_rule.__name__,
+    )
+    out = new_vars if is_vars else new_vars["params"]
+    if frozen:
+        out = flax.core.freeze(out)
+    return out, report
+
+
+def transfer(
+    src_params: Mapping[str, Any],
+    src_def: nn.Module,
+    dst_def: nn.Module,
+    rng: jax.Array,
+    *,
+    sample_input: Any = None,
+    call_kwargs: Mapping[str, Any] | tuple | None = None,
+) -> Any:
+    """Initialises ``dst_def`` from the trained variables of a different architecture.
+
+    Args:
+      src_params: the trained source: a variables dict (``{"params": ..., "batch_stats":
+        ...}``) or only its params collection. Never modified.
+      src_def: the source's linen module (the definition ``src_params`` belong to).
+      dst_def: the target's linen module.
+      rng: a PRNG key; the target's fresh init (``dst_def.init``) uses it, so every
+        position the source does not supply keeps a proper random initialisation.
+      sample_input: one example batch for both models, or a ``(src_input, dst_input)``
+        pair. When None, an input that reproduces the source's variable shapes is
+        inferred and also used for the target.
+      call_kwargs: keyword arguments for both modules' ``__call__`` (e.g.
+        ``{"train": False}``), or a ``(src_kwargs, dst_kwargs)`` pair. A required
+        ``train``/``deterministic`` flag left out is set to inference mode.
+
+    Returns:
+      The target's variables: the whole variables dict (every collection of the fresh
+      init) when ``src_params`` has a top-level ``"params"`` key, otherwise only the
+      params collection; a FrozenDict when ``src_params`` was one. Structure, shapes and
+      dtypes are exactly those of ``dst_def.init``.
+    """
+    out, _ = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, "clip")
+    return out
+
+
+def match(
+    src_params: Mapping[str, Any],
+    src_def: nn.Module,
+    dst_def: nn.Module,
+    rng: jax.Array | None = None,
+    *,
+    sample_input: Any = None,
+    call_kwargs: Mapping[str, Any] | tuple | None = None,
+) -> MatchReport:
+    """Returns the :class:`~dpiat_jax.matching.MatchReport` of what :func:`transfer` with
+    the same arguments moves: every pair with its score, the target's coverage (layers
+    and parameters) and the unmatched layers on both sides; ``str(report)`` is a table."""
+    _, report = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, "clip")
+    return report
+
+
+# ----------------------------------------------------------------------------------
+# Spec trees from modules, similarity and ranking.
+
+
+def module_blocks(
+    module: nn.Module,
+    variables: Mapping[str, Any] | None = None,
+    *,
+    sample_input: Any = None,
+    call_kwargs: Mapping[str, Any] | None = None,
+    argname: str = "module",
+) -> list:
+    """Returns the block tree of a module (nested lists of Layer records).
+
+    With ``variables`` the layers hold those arrays (and an input can be inferred);
+    without, an abstract init supplies the shapes and ``sample_input`` is required.
+    """
+    inputs.check_module(module, argname)
+    kwargs = inputs.call_kwargs_for(module, call_kwargs)
+    if variables is None:
+        if sample_input is None:
+            raise ValueError(
+                f"`{argname}` is a bare module: pass sample_input= so its layers can be "
+                "discovered (or pass (module, variables))."
+            )
+        call = CallSpec(sample_input, kwargs)
+        try:
+            root, _ = trace(module, None, (sample_input,), kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+            raise inputs.init_error(module, call, argname, err) from err
+        return blocks(root)
+    plain, _, _ = _as_variables(variables, argname)
+    call = _src_call(module, plain, sample_input, kwargs, argname)
+    return blocks(_trace_source(module, plain, call, argname))
+
+
+def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tuple[list, Any]:
+    """A spec tree from a tree, a ``(module, variables)`` pair or a bare module; also
+    returns the input that was used (so a bare target can reuse the source's)."""
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], nn.Module):
+        module, variables = obj
+        plain, _, _ = _as_variables(variables, argname)
+        kwargs = inputs.call_kwargs_for(module, call_kwargs)
+        call = _src_call(module, plain, sample_input, kwargs, argname)
+        return to_spec_tree(blocks(_trace_source(module, plain, call, argname))), call.sample_input
+    if isinstance(obj, (list, LayerSpec)):
+        return validate_tree(obj, argname=argname), None
+    if isinstance(obj, nn.Module):
+        return (
+            to_spec_tree(
+                module_blocks(
+                    obj, sample_input=sample_input, call_kwargs=call_kwargs, argname=argname
+                )
+            ),
+            sample_input,
+        )
+    raise TypeError(
+        f"`{argname}` must be a spec tree (nested list of LayerSpec), a (module, variables) "
+        f"pair or a linen module, got {type(obj).__name__}."
+    )
+
+
+def similarity(
+    src: Any,
+    dst: Any,
+    *,
+    sample_input: Any = None,
+    call_kwargs: Mapping[str, Any] | tuple | None = None,
+) -> float:
+    """Returns ``score(src, dst) / score(dst, dst)``: how completely ``src`` can seed
+    ``dst`` (1.0 for a full cover, toward 0 as architectures diverge; not symmetric).
+
+    ``src`` and ``dst`` are spec trees or ``(module, variables)`` pairs; ``dst`` may also
+    be a bare module, whose shapes come from an abstract init with the source's input.
+    """
+    src_in, dst_in = inputs.split_pair(sample_input, "sample_input", is_single=_is_input)
+    src_kw, dst_kw = inputs.split_pair(
+        call_kwargs, "call_kwargs", is_single=lambda x: isinstance(x, Mapping)
+    )
+    src_tree, used = _spec_of(src, "src", src_in, src_kw)
+    dst_tree, _ = _spec_of(dst, "dst", dst_in if dst_in is not None else used, dst_kw)
+    scores = alignment_scores([src_tree, dst_tree], dst_tree)
+    return 0.0 if scores[1] <= 0 else float(scores[0] / scores[1])
+
+
+def rank_sources(
+    candidates: Sequence[Any],
+    target: Any,
+    *,
+    sample_input: Any = None,
+    call_kwargs: Mapping[str, Any] | tuple | None = None,
+) -> list[tuple[int, float]]:
+    """Ranks candidate sources by their similarity to ``target``, best first.
+
+    ``candidates`` are spec trees or ``(module, variables)`` pairs; ``target`` a spec
+    tree, a module or a ``(module, variables)`` pair. All similarities are computed in
+    one batched call per nesting depth. Returns ``(candidate index, similarity)`` pairs;
+    ties keep the candidates' order.
+    """
+    if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
+        raise TypeError("`candidates` must be a list of spec trees or (module, variables).")
+    src_in, dst_in = inputs.split_pair(sample_input, "sample_input", is_single=_is_input)
+    src_kw, dst_kw = inputs.split_pair(
+        call_kwargs, "call_kwargs", is_single=lambda x: isinstance(x, Mapping)
+    )
+    trees, used = [], None
+    for i, c in enumerate(candidates):
+        tree, u = _spec_of(c, f"candidates[{i}]", src_in, src_kw)
+        trees.append(tree)
+        used = used if used is not None else u
+    dst_tree, _ = _spec_of(target, "target", dst_in if dst_in is not None else used, dst_kw)
+    if not trees:
+        return []
+    scores = alignment_scores([*trees, dst_tree], dst_tree)
+    self_score = scores[-1]
+    sims = scores[:-1] / self_score if self_score > 0 else np.zeros(len(trees))
+    order = sorted(range(len(trees)), key=lambda i: (-sims[i], i))
+    return [(i, float(sims[i])) for i in order]
