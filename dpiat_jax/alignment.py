@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dpiat_jax.scores import layer_score, shape_score_matrix
+from dpiat_jax.scores import shape_score_matrix
 from dpiat_jax.spec import IndexPath, LayerSpec, SpecTree, validate_tree
 
 __all__ = [
@@ -58,88 +59,195 @@ class Alignment:
 # The kernel.
 
 
-def _gt(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+def _gt(xp, a, b):
     """``a`` larger than ``b`` beyond the tie tolerance."""
-    return a - b > TIE_TOLERANCE * jnp.maximum(1.0, jnp.abs(b))
+    return a - b > TIE_TOLERANCE * xp.maximum(1.0, xp.abs(b))
+
+
+def _column_step(xp, cummax, prev, p, weight, valid, with_choices: bool):
+    """One column of the dynamic programme, for any leading batch dimensions.
+
+    Args:
+      xp: ``jax.numpy`` or ``numpy``; ``cummax`` the cumulative maximum on the last axis.
+      prev: ``[..., N + 1]``, the previous column ``dp[:, j - 1]``.
+      p: ``[..., N + 1]``, prefix sums of column ``j``'s scores over the targets.
+      weight, valid: ``[N, N]``, ``1 / sqrt(i - k + 1)`` and the mask ``k <= i``.
+
+    Returns:
+      ``(dp[:, j], choice)``: the new column and, per target ``i``, -1 (source unused),
+      -2 (target unmatched) or the first target ``k`` of the chosen run (None without
+      choices). Every candidate that uses source ``j`` depends only on ``prev``, so the
+      runs are one masked ``N x N`` computation and the column is a cumulative maximum.
+    """
+    n = weight.shape[-1]
+    run = (p[..., 1:, None] - p[..., None, :-1]) * weight + prev[..., None, :-1]
+    run = xp.where(valid, run, -xp.inf)
+    best_run = run.max(axis=-1)
+    left = prev[..., 1:]
+    zero = xp.zeros(prev.shape[:-1] + (1,), prev.dtype)
+    col = xp.concatenate([zero, cummax(xp.maximum(left, best_run))], axis=-1)
+    if not with_choices:
+        return col, None
+    tol = TIE_TOLERANCE * xp.maximum(1.0, xp.abs(best_run))
+    near = run >= (best_run - tol)[..., None]
+    shortest = n - xp.argmax(near[..., ::-1], axis=-1)  # the shortest of the best runs
+    up_value = col[..., :-1]
+    up = _gt(xp, up_value, left)
+    base = xp.where(up, up_value, left)
+    choice = xp.where(_gt(xp, best_run, base), shortest, xp.where(up, _UP, _LEFT))
+    return col, choice.astype(xp.int32)
+
+
+def _run_weights(xp, n: int, dtype):
+    i = xp.arange(1, n + 1)[:, None]
+    k = xp.arange(1, n + 1)[None, :]
+    valid = k <= i
+    weight = xp.where(valid, 1.0 / xp.sqrt(xp.maximum(i - k + 1, 1).astype(dtype)), 0.0)
+    return weight.astype(dtype), valid
+
+
+def _prefix(xp, scores):
+    """``[..., N, M]`` scores -> ``[..., N + 1, M]`` prefix sums over targets."""
+    zero = xp.zeros(scores.shape[:-2] + (1, scores.shape[-1]), scores.dtype)
+    return xp.concatenate([zero, xp.cumsum(scores, axis=-2)], axis=-2)
 
 
 def _dp_columns(scores: jnp.ndarray, with_choices: bool):
-    """Solves one padded problem.
+    """Solves one padded problem with a ``lax.scan`` over the source columns.
 
     Args:
       scores: ``[N, M]`` float32, ``scores[r, j]`` = s(source j, target r).
       with_choices: whether to return the choice table for backtracking.
 
     Returns:
-      ``(dp[N, M], choices)`` where ``choices[j, i]`` (0-based ``j``, ``i``) is -1
-      (source unused), -2 (target unmatched) or ``k >= 1``, the first target of the run
-      that ends at target ``i + 1`` and uses source ``j + 1``; ``None`` without choices.
+      ``(dp[N, M], choices)``; ``choices[j, i]`` (0-based) as in :func:`_column_step`,
+      ``None`` without choices. Padding rows and columns (zero scores, at the end) do
+      not change ``dp[n, m]``, so ``dp[N, M]`` is the score of the unpadded problem.
     """
     n = scores.shape[0]
-    prefix = jnp.concatenate([jnp.zeros((1, scores.shape[1]), scores.dtype), jnp.cumsum(scores, 0)])
-    i = jnp.arange(1, n + 1)[:, None]
-    k = jnp.arange(1, n + 1)[None, :]
-    valid = k <= i
-    weight = jnp.where(valid, lax.rsqrt(jnp.maximum(i - k + 1, 1).astype(scores.dtype)), 0.0)
+    weight, valid = _run_weights(jnp, n, scores.dtype)
+    cummax = functools.partial(lax.cummax, axis=0)
 
-    def step(prev: jnp.ndarray, p: jnp.ndarray):
-        run = (p[1:, None] - p[None, :-1]) * weight + prev[None, :-1]
-        run = jnp.where(valid, run, -jnp.inf)
-        best_run = jnp.max(run, axis=1)
-        left = prev[1:]
-        col = jnp.concatenate(
-            [jnp.zeros((1,), prev.dtype), lax.cummax(jnp.maximum(left, best_run))]
-        )
-        if not with_choices:
-            return col, None
-        near = run >= (best_run - TIE_TOLERANCE * jnp.maximum(1.0, jnp.abs(best_run)))[:, None]
-        shortest = n - jnp.argmax(near[:, ::-1], axis=1)  # largest k among the best runs
-        up_value = col[:-1]
-        up = _gt(up_value, left)
-        base = jnp.where(up, up_value, left)
-        choice = jnp.where(_gt(best_run, base), shortest, jnp.where(up, _UP, _LEFT))
-        return col, choice.astype(jnp.int32)
+    def step(prev, p):
+        return _column_step(jnp, cummax, prev, p, weight, valid, with_choices)
 
-    last, choices = lax.scan(step, jnp.zeros((n + 1,), scores.dtype), prefix.T)
+    last, choices = lax.scan(step, jnp.zeros((n + 1,), scores.dtype), _prefix(jnp, scores).T)
     return last[n], choices
 
 
-@functools.partial(jax.jit, static_argnames=("with_choices",))
-def _depth_kernel(
-    pair_src: jnp.ndarray,
-    pair_dst: jnp.ndarray,
-    src_kind: jnp.ndarray,
-    src_shape: jnp.ndarray,
-    src_child: jnp.ndarray,
-    dst_kind: jnp.ndarray,
-    dst_shape: jnp.ndarray,
-    dst_child: jnp.ndarray,
-    next_dst_count: jnp.ndarray,
-    next_scores: jnp.ndarray,
-    *,
-    with_choices: bool,
-):
-    """Aligns every block pair of one nesting depth in one call.
+def _pair_scores(xp, pair_src, pair_dst, tables, next_dst_count, next_scores):
+    """The ``[P, N, M]`` element score matrices of every block pair of one depth.
 
-    ``pair_src[p]`` / ``pair_dst[p]`` index the block rows of the source / target
-    tables (``*_kind [B, L]``, ``*_shape [B, L, R]``, ``*_child [B, L]``: a child's
-    block index one depth deeper, or -1). ``next_scores`` holds the scores of the
-    deeper depth's pairs, laid out as ``src_block * next_dst_count + dst_block``.
-
-    Returns ``(scores [P], choices [P, M, N] or None)``.
+    ``tables`` = (src_kind, src_shape, src_child, dst_kind, dst_shape, dst_child):
+    ``*_kind [B, L]``, ``*_shape [B, L, R]``, ``*_child [B, L]`` (a child's block index
+    one depth deeper, or -1). ``next_scores`` holds the deeper depth's pair scores,
+    laid out as ``src_block * next_dst_count + dst_block``.
     """
+    src_kind, src_shape, src_child, dst_kind, dst_shape, dst_child = tables
     sk = src_kind[pair_src][:, None, :]
     ss = src_shape[pair_src][:, None, :, :]
     sc = src_child[pair_src][:, None, :]
     dk = dst_kind[pair_dst][:, :, None]
     ds = dst_shape[pair_dst][:, :, None, :]
     dc = dst_child[pair_dst][:, :, None]
-    leaf = shape_score_matrix(sk, ss, dk, ds)
+    leaf = shape_score_matrix(sk, ss, dk, ds, xp=xp)
     both_blocks = (sc >= 0) & (dc >= 0)
-    index = jnp.where(both_blocks, sc * next_dst_count + dc, 0)
-    block = jnp.where(both_blocks, next_scores[index], 0.0)
-    scores = jnp.where(both_blocks, block, leaf)  # [P, N, M]
+    index = xp.where(both_blocks, sc * next_dst_count + dc, 0)
+    return xp.where(both_blocks, next_scores[index], leaf).astype(xp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("with_choices",))
+def _depth_kernel(pair_src, pair_dst, tables, next_dst_count, next_scores, *, with_choices):
+    """Aligns every block pair of one nesting depth in one compiled call.
+
+    Returns ``(scores [P], choices [P, M, N] or None)``.
+    """
+    scores = _pair_scores(jnp, pair_src, pair_dst, tables, next_dst_count, next_scores)
     return jax.vmap(functools.partial(_dp_columns, with_choices=with_choices))(scores)
+
+
+def _depth_numpy(pair_src, pair_dst, tables, next_dst_count, next_scores, *, with_choices):
+    """The same computation as :func:`_depth_kernel` in NumPy, batched over pairs.
+
+    The fast path for small problems met for the first time in a process, where
+    compiling would cost more than the whole alignment.
+    """
+    scores = _pair_scores(np, pair_src, pair_dst, tables, next_dst_count, np.asarray(next_scores))
+    prefix = _prefix(np, scores)
+    n, m = scores.shape[1], scores.shape[2]
+    weight, valid = _run_weights(np, n, np.float32)
+    cummax = functools.partial(np.maximum.accumulate, axis=-1)
+    col = np.zeros((scores.shape[0], n + 1), np.float32)
+    choices = np.empty((scores.shape[0], m, n), np.int32) if with_choices else None
+    for j in range(m):
+        col, choice = _column_step(np, cummax, col, prefix[:, :, j], weight, valid, with_choices)
+        if with_choices:
+            choices[:, j] = choice
+    return col[:, n], choices
+
+
+#: Largest per-depth work (pairs x targets^2 x sources) the NumPy fast path takes on.
+FAST_PATH_WORK = 4_000_000
+_KERNEL = {"policy": "auto"}
+_compiled: set[tuple] = set()
+
+
+def set_kernel(policy: str) -> None:
+    """Chooses how alignments run: ``"auto"`` (default: the compiled kernel, or NumPy
+    for a small problem whose shapes were not compiled yet in this process), ``"jit"``
+    (always compiled) or ``"numpy"`` (never compiled)."""
+    if policy not in ("auto", "jit", "numpy"):
+        raise ValueError(f"Unknown kernel policy {policy!r}; use 'auto', 'jit' or 'numpy'.")
+    _KERNEL["policy"] = policy
+
+
+def _run_depth(pair_src, pair_dst, tables, next_dst_count, next_scores, *, with_choices):
+    """Runs one depth on the compiled kernel or the NumPy fast path (see set_kernel)."""
+    signature = (
+        len(pair_src),
+        tables[0].shape,
+        tables[3].shape,
+        tables[1].shape[-1],
+        np.shape(next_scores),
+        with_choices,
+    )
+    policy = _KERNEL["policy"]
+    work = len(pair_src) * tables[3].shape[1] ** 2 * tables[0].shape[1]
+    if policy == "numpy" or (
+        policy == "auto" and signature not in _compiled and work <= FAST_PATH_WORK
+    ):
+        return _depth_numpy(
+            pair_src, pair_dst, tables, next_dst_count, next_scores, with_choices=with_choices
+        )
+    _enable_compilation_cache()
+    _compiled.add(signature)
+    return _depth_kernel(
+        pair_src, pair_dst, tables, next_dst_count, next_scores, with_choices=with_choices
+    )
+
+
+def _enable_compilation_cache() -> None:
+    """Turns on JAX's persistent compilation cache in the user's cache directory, once,
+    unless the user configured one or set ``DPIAT_JAX_COMPILATION_CACHE=0``."""
+    if _KERNEL.get("cache_checked"):
+        return
+    _KERNEL["cache_checked"] = True
+    setting = os.environ.get("DPIAT_JAX_COMPILATION_CACHE", "1")
+    if setting.lower() in ("0", "false", "off", "no") or jax.config.jax_compilation_cache_dir:
+        return
+    path = setting if os.sep in setting else _default_cache_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except (OSError, AttributeError):  # read-only home or an older jax: run uncached
+        pass
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dpiat_jax", "jax_compilation_cache")
 
 
 # ----------------------------------------------------------------------------------
@@ -152,25 +260,49 @@ class _Block:
     children: tuple  # each: LayerSpec or int (index of a block one depth deeper)
 
 
-def _index_tree(tree: SpecTree) -> list[list[_Block]]:
-    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first."""
-    depths: list[list[_Block]] = []
+@dataclasses.dataclass
+class _Level:
+    """The blocks of one nesting depth of one tree, with their children as flat lists."""
+
+    blocks: list[_Block] = dataclasses.field(default_factory=list)
+    longest: int = 0
+    leaf_at: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (block, pos)
+    leaf_kind: list[int] = dataclasses.field(default_factory=list)
+    leaf_shape: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
+    child_at: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    child_index: list[int] = dataclasses.field(default_factory=list)
+
+
+def _index_tree(tree: SpecTree, kinds: dict[str, int] | None = None) -> list[_Level]:
+    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first.
+
+    With ``kinds`` (kind string -> id, extended in place) it also gathers the flat
+    lists from which the kernel's tables are built, all in one pass.
+    """
+    levels: list[_Level] = []
     frontier: list[tuple[IndexPath, Sequence]] = [((), tree)]  # type: ignore[list-item]
     while frontier:
-        level: list[_Block] = []
+        level = _Level()
         deeper: list[tuple[IndexPath, Sequence]] = []
-        for path, node in frontier:
+        for b, (path, node) in enumerate(frontier):
             children = []
             for j, child in enumerate(node):
                 if isinstance(child, LayerSpec):
                     children.append(child)
+                    if kinds is not None and child.shape:
+                        level.leaf_at.append((b, j))
+                        level.leaf_kind.append(kinds.setdefault(child.kind, len(kinds)))
+                        level.leaf_shape.append(child.shape)
                 else:
+                    level.child_at.append((b, j))
+                    level.child_index.append(len(deeper))
                     children.append(len(deeper))
                     deeper.append((path + (j,), child))
-            level.append(_Block(path, tuple(children)))
-        depths.append(level)
+            level.longest = max(level.longest, len(children))
+            level.blocks.append(_Block(path, tuple(children)))
+        levels.append(level)
         frontier = deeper
-    return depths
+    return levels
 
 
 def _bucket(x: int, minimum: int = 1) -> int:
@@ -186,26 +318,23 @@ class _Tables:
     child: np.ndarray  # [B, L] int32
 
 
-def _tables(
-    blocks: Sequence[_Block],
-    child_offset: Sequence[int],
-    kinds: dict[str, int],
-    rows: int,
-    length: int,
-    rank: int,
-) -> _Tables:
-    """Encodes blocks as padded integer tables (kind id, shape, deeper block index)."""
+def _tables(parts: Sequence[tuple[_Level, int, int]], rows: int, length: int, rank: int) -> _Tables:
+    """Encodes levels as padded integer tables (kind id, shape, deeper block index).
+
+    ``parts`` holds ``(level, first row, offset of its deeper blocks)`` per tree.
+    """
     kind = np.full((rows, length), -1, np.int32)
     shape = np.zeros((rows, length, rank), np.int32)
     child = np.full((rows, length), -1, np.int32)
-    for b, block in enumerate(blocks):
-        for j, c in enumerate(block.children):
-            if isinstance(c, LayerSpec):
-                if not c.is_placeholder:
-                    kind[b, j] = kinds.setdefault(c.kind, len(kinds))
-                    shape[b, j, : len(c.shape)] = c.shape
-            else:
-                child[b, j] = c + child_offset[b]
+    for level, row0, child0 in parts:
+        if level.leaf_at:
+            at = np.asarray(level.leaf_at, np.int32)
+            kind[at[:, 0] + row0, at[:, 1]] = level.leaf_kind
+            padded = [s + (0,) * (rank - len(s)) for s in level.leaf_shape]
+            shape[at[:, 0] + row0, at[:, 1]] = padded
+        if level.child_at:
+            at = np.asarray(level.child_at, np.int32)
+            child[at[:, 0] + row0, at[:, 1]] = np.asarray(level.child_index, np.int32) + child0
     return _Tables(kind, shape, child)
 
 
@@ -216,68 +345,54 @@ class _Solution:
     scores: list[jnp.ndarray]  # per depth, [P_pad]
     choices: list[jnp.ndarray | None]  # per depth, [P_pad, M, N]
     dst_counts: list[int]  # target blocks per depth
-    src_offsets: list[list[int]]  # per source, per depth: first global block index
+    src_levels: list[list[_Level]]
+    dst_levels: list[_Level]
 
 
 def _solve(sources: Sequence[SpecTree], target: SpecTree, *, with_choices: bool) -> _Solution:
     """Runs the batched dynamic programme of all sources against one target."""
-    src_depths = [_index_tree(s) for s in sources]
-    dst_depths = _index_tree(target)
-    depth_count = min(len(dst_depths), max(len(d) for d in src_depths))
     kinds: dict[str, int] = {}
-    rank = 1
-    for tree_depths in [dst_depths, *src_depths]:
-        for level in tree_depths:
-            for block in level:
-                for c in block.children:
-                    if isinstance(c, LayerSpec):
-                        rank = max(rank, len(c.shape))
+    src_levels = [_index_tree(s, kinds) for s in sources]
+    dst_levels = _index_tree(target, kinds)
+    depth_count = min(len(dst_levels), max(len(t) for t in src_levels))
+    rank = max(
+        (len(x) for t in [dst_levels, *src_levels] for lv in t for x in lv.leaf_shape), default=1
+    )
     rank = _bucket(rank, 4)
 
-    # src_offsets[s][d]: global index of source s's first block at depth d.
-    src_offsets = [[0] * (depth_count + 1) for _ in src_depths]
-    for d in range(depth_count + 1):
-        total = 0
-        for s, tree_depths in enumerate(src_depths):
-            src_offsets[s][d] = total
-            total += len(tree_depths[d]) if d < len(tree_depths) else 0
+    def count(levels: list[_Level], d: int) -> int:
+        return len(levels[d].blocks) if d < len(levels) else 0
 
     scores: list = [None] * depth_count
     choices: list = [None] * depth_count
-    dst_counts = [len(dst_depths[d]) if d < len(dst_depths) else 0 for d in range(depth_count + 1)]
-    next_scores = jnp.zeros((1,), jnp.float32)
+    dst_counts = [count(dst_levels, d) for d in range(depth_count + 1)]
+    next_scores = np.zeros((1,), np.float32)
     for d in reversed(range(depth_count)):
-        src_blocks: list[_Block] = []
-        offsets: list[int] = []
-        for s, tree_depths in enumerate(src_depths):
-            if d < len(tree_depths):
-                src_blocks.extend(tree_depths[d])
-                offsets.extend([src_offsets[s][d + 1]] * len(tree_depths[d]))
-        dst_blocks = dst_depths[d]
-        length_s = _bucket(max((len(b.children) for b in src_blocks), default=1))
-        length_d = _bucket(max((len(b.children) for b in dst_blocks), default=1))
-        src_t = _tables(src_blocks, offsets, kinds, _bucket(len(src_blocks)), length_s, rank)
+        parts, rows, deeper = [], 0, 0
+        for levels in src_levels:
+            if d < len(levels):
+                parts.append((levels[d], rows, deeper))
+                rows += len(levels[d].blocks)
+            deeper += count(levels, d + 1)
+        longest = max(p[0].longest for p in parts)
+        src_t = _tables(parts, _bucket(rows), _bucket(longest), rank)
+        dst_level = dst_levels[d]
         dst_t = _tables(
-            dst_blocks, [0] * len(dst_blocks), kinds, _bucket(len(dst_blocks)), length_d, rank
+            [(dst_level, 0, 0)], _bucket(dst_counts[d]), _bucket(dst_level.longest), rank
         )
-        real_pairs = len(src_blocks) * len(dst_blocks)
-        p = np.arange(_bucket(real_pairs), dtype=np.int32) % max(real_pairs, 1)
-        pair_src, pair_dst = p // len(dst_blocks), p % len(dst_blocks)
-        scores[d], choices[d] = _depth_kernel(
-            pair_src,
-            pair_dst,
-            src_t.kind,
-            src_t.shape,
-            src_t.child,
-            dst_t.kind,
-            dst_t.shape,
-            dst_t.child,
+        real_pairs = rows * dst_counts[d]
+        p = np.arange(_bucket(real_pairs), dtype=np.int32) % real_pairs
+        tables = (src_t.kind, src_t.shape, src_t.child, dst_t.kind, dst_t.shape, dst_t.child)
+        scores[d], choices[d] = _run_depth(
+            p // dst_counts[d],
+            p % dst_counts[d],
+            tables,
             np.int32(dst_counts[d + 1]),
             next_scores,
             with_choices=with_choices,
         )
         next_scores = scores[d]
-    return _Solution(scores, choices, dst_counts, src_offsets)
+    return _Solution(scores, choices, dst_counts, src_levels, dst_levels)
 
 
 # ----------------------------------------------------------------------------------
@@ -303,28 +418,29 @@ def _backtrack(choice: np.ndarray, n: int, m: int) -> list[tuple[int, int, int]]
     return runs
 
 
-def _pairs(sol: _Solution, src_depths: list[list[_Block]], dst_depths: list[list[_Block]]):
-    """Recovers the matched leaf pairs of source 0 against the target."""
-    host_scores = [np.asarray(s) for s in sol.scores]
+def _pairs(sol: _Solution) -> list[tuple[IndexPath, IndexPath]]:
+    """Recovers the matched leaf pairs of the first source against the target."""
+    src_levels, dst_levels = sol.src_levels[0], sol.dst_levels
     pairs: list[tuple[IndexPath, IndexPath]] = []
     frontier = [(0, 0)]  # (source block, target block) at depth d
     d = 0
     while frontier and d < len(sol.scores):
         n_dst = sol.dst_counts[d]
-        index = np.array([bs * n_dst + bt for bs, bt in frontier])
-        tables = np.asarray(jnp.take(sol.choices[d], index, axis=0))
+        index = np.array([bs * n_dst + bt for bs, bt in frontier], np.int32)
+        tables = np.asarray(sol.choices[d])[index]
+        deeper_scores = np.asarray(sol.scores[d + 1]) if d + 1 < len(sol.scores) else None
         deeper = []
         for (bs, bt), table in zip(frontier, tables):
-            sblock, tblock = src_depths[d][bs], dst_depths[d][bt]
+            sblock, tblock = src_levels[d].blocks[bs], dst_levels[d].blocks[bt]
             for j, k, i in _backtrack(table, len(tblock.children), len(sblock.children)):
                 sc = sblock.children[j - 1]
                 for r in range(k, i + 1):
                     tc = tblock.children[r - 1]
                     if isinstance(sc, LayerSpec) and isinstance(tc, LayerSpec):
-                        if layer_score(sc, tc) > 0:
+                        if sc.kind == tc.kind and sc.shape and tc.shape:
                             pairs.append((sblock.path + (j - 1,), tblock.path + (r - 1,)))
                     elif not isinstance(sc, LayerSpec) and not isinstance(tc, LayerSpec):
-                        if host_scores[d + 1][sc * sol.dst_counts[d + 1] + tc] > 0:
+                        if deeper_scores[sc * sol.dst_counts[d + 1] + tc] > 0:
                             deeper.append((sc, tc))
         frontier = deeper
         d += 1
@@ -352,7 +468,7 @@ def align(src_tree: SpecTree, dst_tree: SpecTree) -> Alignment:
     validate_tree(dst_tree, argname="dst_tree")
     sol = _solve([src_tree], dst_tree, with_choices=True)
     score = float(sol.scores[0][0])
-    pairs = _pairs(sol, _index_tree(src_tree), _index_tree(dst_tree))
+    pairs = _pairs(sol)
     return Alignment(score=score, pairs=pairs)
 
 

@@ -47,6 +47,8 @@ def shape_score_matrix(
     src_shape: jnp.ndarray,
     dst_kind: jnp.ndarray,
     dst_shape: jnp.ndarray,
+    *,
+    xp=jnp,
 ) -> jnp.ndarray:
     """Vectorised :func:`layer_score` for broadcastable arrays of encoded layers.
 
@@ -55,12 +57,14 @@ def shape_score_matrix(
         never matches.
       src_shape, dst_shape: shapes padded with 0 to a common rank on the last axis.
 
+      xp: the array module, ``jax.numpy`` (default) or ``numpy``.
+
     Returns:
       The broadcast score array (float32), 0 where the kinds differ.
     """
-    a = src_shape.astype(jnp.float32)
-    b = dst_shape.astype(jnp.float32)
+    a = src_shape.astype(xp.float32)
+    b = dst_shape.astype(xp.float32)
     both = (a > 0) & (b > 0)
-    ratio = jnp.where(both, jnp.minimum(a, b) / jnp.where(both, jnp.maximum(a, b), 1.0), 1.0)
+    ratio = xp.where(both, xp.minimum(a, b) / xp.where(both, xp.maximum(a, b), 1.0), 1.0)
     same = (src_kind == dst_kind) & (src_kind >= 0)
-    return jnp.where(same, jnp.prod(ratio, axis=-1), 0.0)
+    return xp.where(same, xp.prod(ratio, axis=-1), 0.0)

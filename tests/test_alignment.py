@@ -8,8 +8,17 @@ from hypothesis import given
 from oracle import oracle_align, oracle_similarity
 from strategies import random_tree, trees
 
+from dpiat_jax import alignment
 from dpiat_jax.alignment import align, alignment_scores, similarity_of_trees
 from dpiat_jax.spec import LayerSpec
+
+
+@pytest.fixture(params=["jit", "numpy"])
+def kernel(request):
+    """Runs a test on the compiled kernel and on the NumPy fast path."""
+    alignment.set_kernel(request.param)
+    yield request.param
+    alignment.set_kernel("auto")
 
 
 def conv(a: int, b: int) -> LayerSpec:
@@ -27,13 +36,18 @@ def _assert_same(src, dst):
     assert result.pairs == pairs
 
 
-@given(trees(), trees())
-def test_matches_oracle_on_random_trees(src, dst):
-    _assert_same(src, dst)
+@pytest.mark.parametrize("policy", ["jit", "numpy"])
+@given(src=trees(), dst=trees())
+def test_matches_oracle_on_random_trees(policy, src, dst):
+    alignment.set_kernel(policy)
+    try:
+        _assert_same(src, dst)
+    finally:
+        alignment.set_kernel("auto")
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_matches_oracle_on_large_trees(seed):
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_oracle_on_large_trees(kernel, seed):
     rng = np.random.default_rng(seed)
     src = random_tree(rng, int(rng.integers(100, 300)))
     dst = random_tree(rng, int(rng.integers(100, 300)))
@@ -64,7 +78,7 @@ def test_placeholders_score_zero_even_against_themselves():
     assert result.score == 0.0 and result.pairs == []
 
 
-def test_identity_matches_every_leaf_and_similarity_one():
+def test_identity_matches_every_leaf_and_similarity_one(kernel):
     rng = np.random.default_rng(3)
     tree = random_tree(rng, 120)
     result = align(tree, tree)
@@ -76,7 +90,7 @@ def test_identity_matches_every_leaf_and_similarity_one():
     assert similarity_of_trees(tree, tree) == pytest.approx(1.0)
 
 
-def test_batched_scores_equal_single_alignments():
+def test_batched_scores_equal_single_alignments(kernel):
     rng = np.random.default_rng(7)
     target = random_tree(rng, 60)
     sources = [random_tree(rng, int(n)) for n in rng.integers(10, 120, size=5)]
@@ -95,3 +109,8 @@ def test_similarity_against_oracle():
 def test_empty_trees():
     assert align([], [conv(3, 3)]).score == 0.0
     assert align([conv(3, 3)], []).pairs == []
+
+
+def test_unknown_kernel_policy():
+    with pytest.raises(ValueError, match="kernel policy"):
+        alignment.set_kernel("gpu-please")
