@@ -17,13 +17,20 @@ import jax
 import numpy as np
 
 from dpiat_jax import inputs
-from dpiat_jax.alignment import align, alignment_scores
+from dpiat_jax.alignment import alignment_scores
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
 from dpiat_jax.inputs import CallSpec
 from dpiat_jax.layers import ModuleNode, build_hierarchy, record_calls, trace
+from dpiat_jax.matchers import (
+    Matcher,
+    align,
+    matcher_name,
+    matcher_similarity,
+    similarity_matcher,
+)
 from dpiat_jax.matching import MatchReport, build_report, layer_pairs
 from dpiat_jax.spec import LayerSpec, validate_tree
-from dpiat_jax.tensors import get_tensor_rule
+from dpiat_jax.tensors import TensorRule, get_tensor_rule, tensor_rule_name
 from dpiat_jax.variables import write_tensors
 
 __all__ = ["transfer", "match", "similarity", "rank_sources", "module_blocks"]
@@ -54,20 +61,28 @@ class _Prepared:
     dst_variables: dict
 
 
-def _src_call(module, variables, sample_input, kwargs, argname) -> CallSpec:
+def _trace_source(module, variables, sample_input, kwargs, argname) -> tuple[ModuleNode, Any]:
+    """Traces a module whose variables are known; returns ``(hierarchy, input used)``.
+
+    Without ``sample_input`` the candidate inputs are traced in turn until one
+    reproduces the variables' shapes (each trace both checks and records the layers).
+    """
     kwargs = inputs.call_kwargs_for(module, kwargs)
+
+    def probe(x):
+        root, abstract = trace(module, variables, (x,), kwargs)
+        return abstract, root
+
     if sample_input is None:
-        sample_input = inputs.infer_sample_input(module, variables, kwargs, argname)
-    return CallSpec(sample_input, kwargs)
-
-
-def _trace_source(module, variables, call: CallSpec, argname: str) -> ModuleNode:
+        x, root = inputs.find_fitting_input(probe, variables, argname, type(module).__name__)
+        return root, x
+    call = CallSpec(sample_input, kwargs)
     try:
-        root, abstract = trace(module, variables, (call.sample_input,), call.kwargs)
+        abstract, root = probe(sample_input)
     except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
         raise inputs.init_error(module, call, argname, err) from err
     inputs.check_variables_fit(module, variables, abstract, argname)
-    return root
+    return root, sample_input
 
 
 def _init_target(module, call: CallSpec, rng) -> tuple[ModuleNode, dict]:
@@ -88,10 +103,9 @@ def _prepare(src_params, src_def, dst_def, rng, sample_input, call_kwargs):
     src_kw, dst_kw = inputs.split_pair(
         call_kwargs, "call_kwargs", is_single=lambda x: isinstance(x, Mapping)
     )
-    src_call = _src_call(src_def, variables, src_in, src_kw, "src_params")
-    src_root = _trace_source(src_def, variables, src_call, "src_params")
+    src_root, src_x = _trace_source(src_def, variables, src_in, src_kw, "src_params")
     dst_kwargs = inputs.call_kwargs_for(dst_def, dst_kw)
-    dst_call = CallSpec(src_call.sample_input if dst_in is None else dst_in, dst_kwargs)
+    dst_call = CallSpec(src_x if dst_in is None else dst_in, dst_kwargs)
     if isinstance(dst_call.sample_input, jax.ShapeDtypeStruct):
         dst_call = CallSpec(
             jax.numpy.zeros(dst_call.sample_input.shape, dst_call.sample_input.dtype),
@@ -110,7 +124,9 @@ def _nonempty(tree: list, argname: str) -> None:
         )
 
 
-def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule):
+def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule, matcher="dp"):
+    rule = get_tensor_rule(tensor_rule)  # unknown names fail before any tracing
+    matcher_label = matcher_name(matcher)
     prepared, is_vars, frozen = _prepare(
         src_params, src_def, dst_def, rng, sample_input, call_kwargs
     )
@@ -118,11 +134,16 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_ru
     _nonempty(src_blocks, "src_def")
     _nonempty(dst_blocks, "dst_def")
     src_spec, dst_spec = to_spec_tree(src_blocks), to_spec_tree(dst_blocks)
-    result = align(src_spec, dst_spec)
-    self_score = float(alignment_scores([dst_spec], dst_spec)[0])
-    pairs = layer_pairs(result, src_blocks, dst_blocks)
-    rule = get_tensor_rule(tensor_rule)
     rng = jax.random.key(0) if rng is None else rng
+    result = align(src_spec, dst_spec, matcher, rng=jax.random.fold_in(rng, 3))
+    if matcher_label == "dp":
+        self_score = float(alignment_scores([dst_spec], dst_spec)[0])
+        sim = result.score / self_score if self_score > 0 else 0.0
+    elif matcher_label == "bipartite":
+        sim = result.score  # the bipartite score is already normalised
+    else:
+        sim = float("nan")  # no similarity is defined for this matcher
+    pairs = layer_pairs(result, src_blocks, dst_blocks)
     new_vars, written, skipped = write_tensors(
         pairs, prepared.dst_variables, rule, jax.random.fold_in(rng, 2)
     )
@@ -133,8 +154,9 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_ru
         written=written,
         skipped=skipped,
         score=result.score,
-        similarity=result.score / self_score if self_score > 0 else 0.0,
-        tensor_rule=tensor_rule if isinstance(tensor_rule, str) else tensor_rule.__name__,
+        similarity=sim,
+        matcher=matcher_label,
+        tensor_rule=tensor_rule_name(tensor_rule),
     )
     out = new_vars if is_vars else new_vars["params"]
     if frozen:
@@ -150,6 +172,8 @@ def transfer(
     *,
     sample_input: Any = None,
     call_kwargs: Mapping[str, Any] | tuple | None = None,
+    matcher: str | Matcher = "dp",
+    tensor_rule: str | TensorRule = "clip",
 ) -> Any:
     """Initialises ``dst_def`` from the trained variables of a different architecture.
 
@@ -166,6 +190,13 @@ def transfer(
       call_kwargs: keyword arguments for both modules' ``__call__`` (e.g.
         ``{"train": False}``), or a ``(src_kwargs, dst_kwargs)`` pair. A required
         ``train``/``deterministic`` flag left out is set to inference mode.
+      matcher: how layers are paired: a name in ``dpiat_jax.matchers.MATCHERS``
+        (``"dp"``, the default, ``"flat"``, ``"bipartite"``, ``"nested-bipartite"``,
+        ``"random"``) or a function ``(src_tree, dst_tree, rng=None) -> Alignment``.
+      tensor_rule: how a matched tensor is moved: a name in
+        ``dpiat_jax.tensors.TENSOR_RULES`` (``"clip"``, the default, ``"magnitude"``,
+        ``"full"``, ``"uniform"``) or a function ``(src_array, dst_array, rng) -> array``
+        of the target's shape and dtype.
 
     Returns:
       The target's variables: the whole variables dict (every collection of the fresh
@@ -173,7 +204,9 @@ def transfer(
       params collection; a FrozenDict when ``src_params`` was one. Structure, shapes and
       dtypes are exactly those of ``dst_def.init``.
     """
-    out, _ = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, "clip")
+    out, _ = _run(
+        src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule, matcher
+    )
     return out
 
 
@@ -185,11 +218,17 @@ def match(
     *,
     sample_input: Any = None,
     call_kwargs: Mapping[str, Any] | tuple | None = None,
+    matcher: str | Matcher = "dp",
+    tensor_rule: str | TensorRule = "clip",
 ) -> MatchReport:
     """Returns the :class:`~dpiat_jax.matching.MatchReport` of what :func:`transfer` with
     the same arguments moves: every pair with its score, the target's coverage (layers
-    and parameters) and the unmatched layers on both sides; ``str(report)`` is a table."""
-    _, report = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, "clip")
+    and parameters) and the unmatched layers on both sides; ``str(report)`` is a table.
+    The report records the matcher's and tensor rule's names; its similarity is NaN for
+    a matcher without one (``flat``, ``nested-bipartite``, ``random``, user functions)."""
+    _, report = _run(
+        src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule, matcher
+    )
     return report
 
 
@@ -225,8 +264,7 @@ def module_blocks(
             raise inputs.init_error(module, call, argname, err) from err
         return blocks(root)
     plain, _, _ = _as_variables(variables, argname)
-    call = _src_call(module, plain, sample_input, kwargs, argname)
-    return blocks(_trace_source(module, plain, call, argname))
+    return blocks(_trace_source(module, plain, sample_input, call_kwargs, argname)[0])
 
 
 def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tuple[list, Any]:
@@ -235,9 +273,8 @@ def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tup
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], nn.Module):
         module, variables = obj
         plain, _, _ = _as_variables(variables, argname)
-        kwargs = inputs.call_kwargs_for(module, call_kwargs)
-        call = _src_call(module, plain, sample_input, kwargs, argname)
-        return to_spec_tree(blocks(_trace_source(module, plain, call, argname))), call.sample_input
+        root, x = _trace_source(module, plain, sample_input, call_kwargs, argname)
+        return to_spec_tree(blocks(root)), x
     if isinstance(obj, (list, LayerSpec)):
         return validate_tree(obj, argname=argname), None
     if isinstance(obj, nn.Module):
@@ -261,19 +298,25 @@ def similarity(
     *,
     sample_input: Any = None,
     call_kwargs: Mapping[str, Any] | tuple | None = None,
+    matcher: str | Matcher = "dp",
 ) -> float:
     """Returns ``score(src, dst) / score(dst, dst)``: how completely ``src`` can seed
     ``dst`` (1.0 for a full cover, toward 0 as architectures diverge; not symmetric).
 
     ``src`` and ``dst`` are spec trees or ``(module, variables)`` pairs; ``dst`` may also
     be a bare module, whose shapes come from an abstract init with the source's input.
+    ``matcher="bipartite"`` gives the bipartite matcher's normalised score instead; no
+    other matcher defines a similarity (``ValueError``).
     """
+    matcher = similarity_matcher(matcher)  # rejects matchers without a similarity
     src_in, dst_in = inputs.split_pair(sample_input, "sample_input", is_single=_is_input)
     src_kw, dst_kw = inputs.split_pair(
         call_kwargs, "call_kwargs", is_single=lambda x: isinstance(x, Mapping)
     )
     src_tree, used = _spec_of(src, "src", src_in, src_kw)
     dst_tree, _ = _spec_of(dst, "dst", dst_in if dst_in is not None else used, dst_kw)
+    if matcher != "dp":
+        return matcher_similarity(src_tree, dst_tree, matcher)
     scores = alignment_scores([src_tree, dst_tree], dst_tree)
     return 0.0 if scores[1] <= 0 else float(scores[0] / scores[1])
 

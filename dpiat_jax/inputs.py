@@ -24,7 +24,9 @@ __all__ = [
     "CallSpec",
     "split_pair",
     "abstract_init",
-    "infer_sample_input",
+    "candidate_inputs",
+    "find_fitting_input",
+    "fits",
     "check_variables_fit",
     "check_module",
 ]
@@ -143,7 +145,7 @@ def check_variables_fit(
         )
 
 
-def _candidates(variables: Mapping[str, Any]):
+def candidate_inputs(variables: Mapping[str, Any]):
     """Plausible example inputs, most likely first, from the kernels' input sizes."""
     params = traverse_util.flatten_dict(variables.get("params", {}))
     image: dict[int, list[int]] = {}
@@ -170,27 +172,32 @@ def _candidates(variables: Mapping[str, Any]):
             yield jax.ShapeDtypeStruct((1, s), jnp.int32)
 
 
-def infer_sample_input(
-    module: nn.Module, variables: Mapping[str, Any], kwargs: Mapping[str, Any], argname: str
-) -> jax.ShapeDtypeStruct:
-    """Finds an input whose abstract init reproduces ``variables``' shapes.
+def fits(abstract: Mapping[str, Any], variables: Mapping[str, Any]) -> bool:
+    """Whether ``variables`` have exactly the structure and shapes of ``abstract``."""
+    return all(c in abstract for c in variables) and not _mismatches(
+        abstract, variables, list(variables)
+    )
 
-    Returns a ``jax.ShapeDtypeStruct`` (batch size 1); raises ``ValueError`` asking for
-    ``sample_input=`` when no candidate fits.
+
+def find_fitting_input(probe, variables: Mapping[str, Any], argname: str, module_name: str):
+    """Tries candidate inputs until ``probe(candidate)`` gives an abstract init that fits
+    ``variables``.
+
+    ``probe`` maps an input to ``(abstract variables, extra)``; returns
+    ``(candidate, extra)`` of the first fit. Raises ``ValueError`` asking for
+    ``sample_input=`` when none fits.
     """
     tried = 0
-    for cand in _candidates(variables):
+    for cand in candidate_inputs(variables):
         tried += 1
         try:
-            abstract = abstract_init(module, CallSpec(cand, kwargs))
+            abstract, extra = probe(cand)
         except Exception:  # noqa: BLE001 - a candidate that does not run is just skipped
             continue
-        if all(c in abstract for c in variables) and not _mismatches(
-            abstract, variables, list(variables)
-        ):
-            return cand
+        if fits(abstract, variables):
+            return cand, extra
     raise ValueError(
-        f"Could not infer an input for {type(module).__name__} from `{argname}` "
+        f"Could not infer an input for {module_name} from `{argname}` "
         f"({tried} candidate shapes tried). Pass sample_input= with one example batch "
         "(e.g. sample_input=jnp.zeros((1, 32, 32, 3))), or a (src_input, dst_input) pair."
     )
