@@ -260,49 +260,53 @@ class _Block:
     children: tuple  # each: LayerSpec or int (index of a block one depth deeper)
 
 
-@dataclasses.dataclass
-class _Level:
-    """The blocks of one nesting depth of one tree, with their children as flat lists."""
-
-    blocks: list[_Block] = dataclasses.field(default_factory=list)
-    longest: int = 0
-    leaf_at: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (block, pos)
-    leaf_kind: list[int] = dataclasses.field(default_factory=list)
-    leaf_shape: list[tuple[int, ...]] = dataclasses.field(default_factory=list)
-    child_at: list[tuple[int, int]] = dataclasses.field(default_factory=list)
-    child_index: list[int] = dataclasses.field(default_factory=list)
-
-
-def _index_tree(tree: SpecTree, kinds: dict[str, int] | None = None) -> list[_Level]:
-    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first.
-
-    With ``kinds`` (kind string -> id, extended in place) it also gathers the flat
-    lists from which the kernel's tables are built, all in one pass.
-    """
-    levels: list[_Level] = []
+def _index_tree(tree: SpecTree) -> list[list[_Block]]:
+    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first."""
+    levels: list[list[_Block]] = []
     frontier: list[tuple[IndexPath, Sequence]] = [((), tree)]  # type: ignore[list-item]
     while frontier:
-        level = _Level()
+        level: list[_Block] = []
         deeper: list[tuple[IndexPath, Sequence]] = []
-        for b, (path, node) in enumerate(frontier):
+        for path, node in frontier:
             children = []
             for j, child in enumerate(node):
                 if isinstance(child, LayerSpec):
                     children.append(child)
-                    if kinds is not None and child.shape:
-                        level.leaf_at.append((b, j))
-                        level.leaf_kind.append(kinds.setdefault(child.kind, len(kinds)))
-                        level.leaf_shape.append(child.shape)
                 else:
-                    level.child_at.append((b, j))
-                    level.child_index.append(len(deeper))
                     children.append(len(deeper))
                     deeper.append((path + (j,), child))
-            level.longest = max(level.longest, len(children))
-            level.blocks.append(_Block(path, tuple(children)))
+            level.append(_Block(path, tuple(children)))
         levels.append(level)
         frontier = deeper
     return levels
+
+
+def _canonicalise(trees: Sequence[list[list[_Block]]]) -> tuple[list[list[list[int]]], list[list]]:
+    """Gives identical blocks one id, across all the given trees, depth by depth.
+
+    Architectures repeat blocks, and identical blocks align identically, so only the
+    distinct ones need solving. Returns ``(ids, distinct)``: ``ids[t][d][b]`` is the id
+    of tree ``t``'s block ``b`` at depth ``d``; ``distinct[d][i]`` the content of id
+    ``i`` (a tuple of LayerSpec leaves and deeper ids).
+    """
+    depth = max(len(t) for t in trees)
+    ids: list[list[list[int]]] = [[[] for _ in t] for t in trees]
+    distinct: list[list] = [[] for _ in range(depth)]
+    for d in reversed(range(depth)):
+        seen: dict[tuple, int] = {}
+        for t, levels in enumerate(trees):
+            if d >= len(levels):
+                continue
+            deeper = ids[t][d + 1] if d + 1 < len(levels) else []
+            row = ids[t][d]
+            for block in levels[d]:
+                key = tuple(c if isinstance(c, LayerSpec) else deeper[c] for c in block.children)
+                i = seen.get(key)
+                if i is None:
+                    i = seen[key] = len(distinct[d])
+                    distinct[d].append(key)
+                row.append(i)
+    return ids, distinct
 
 
 def _bucket(x: int, minimum: int = 1) -> int:
@@ -311,92 +315,82 @@ def _bucket(x: int, minimum: int = 1) -> int:
     return 1 << (x - 1).bit_length()
 
 
-@dataclasses.dataclass(frozen=True)
-class _Tables:
-    kind: np.ndarray  # [B, L] int32
-    shape: np.ndarray  # [B, L, R] int32
-    child: np.ndarray  # [B, L] int32
-
-
-def _tables(parts: Sequence[tuple[_Level, int, int]], rows: int, length: int, rank: int) -> _Tables:
-    """Encodes levels as padded integer tables (kind id, shape, deeper block index).
-
-    ``parts`` holds ``(level, first row, offset of its deeper blocks)`` per tree.
-    """
+def _tables(blocks: Sequence[tuple], kinds: dict[str, int], rank: int):
+    """Encodes distinct blocks as padded tables: kind id ``[B, L]`` (-1: none),
+    shape ``[B, L, R]`` and deeper block id ``[B, L]`` (-1: a leaf)."""
+    rows = _bucket(len(blocks))
+    length = _bucket(max((len(b) for b in blocks), default=1))
     kind = np.full((rows, length), -1, np.int32)
     shape = np.zeros((rows, length, rank), np.int32)
     child = np.full((rows, length), -1, np.int32)
-    for level, row0, child0 in parts:
-        if level.leaf_at:
-            at = np.asarray(level.leaf_at, np.int32)
-            kind[at[:, 0] + row0, at[:, 1]] = level.leaf_kind
-            padded = [s + (0,) * (rank - len(s)) for s in level.leaf_shape]
-            shape[at[:, 0] + row0, at[:, 1]] = padded
-        if level.child_at:
-            at = np.asarray(level.child_at, np.int32)
-            child[at[:, 0] + row0, at[:, 1]] = np.asarray(level.child_index, np.int32) + child0
-    return _Tables(kind, shape, child)
+    for b, block in enumerate(blocks):
+        for j, c in enumerate(block):
+            if isinstance(c, LayerSpec):
+                if c.shape:
+                    kind[b, j] = kinds.setdefault(c.kind, len(kinds))
+                    shape[b, j, : len(c.shape)] = c.shape
+            else:
+                child[b, j] = c
+    return kind, shape, child
 
 
 @dataclasses.dataclass
 class _Solution:
-    """Per-depth device results of a batched alignment."""
+    """Per-depth results of a batched alignment, over distinct block pairs."""
 
-    scores: list[jnp.ndarray]  # per depth, [P_pad]
-    choices: list[jnp.ndarray | None]  # per depth, [P_pad, M, N]
-    dst_counts: list[int]  # target blocks per depth
-    src_levels: list[list[_Level]]
-    dst_levels: list[_Level]
+    scores: list  # per depth, [P_pad]: pair (src id, dst id) at src_id * n_dst + dst_id
+    choices: list  # per depth, [P_pad, M, N] or None
+    dst_counts: list[int]  # distinct target blocks per depth
+    src_levels: list[list[list[_Block]]]
+    dst_levels: list[list[_Block]]
+    src_ids: list[list[list[int]]]
+    dst_ids: list[list[int]]
+
+    def pair_index(self, s: int, d: int, src_block: int, dst_block: int) -> int:
+        """The flat index of source ``s``'s block against a target block at depth ``d``."""
+        return self.src_ids[s][d][src_block] * self.dst_counts[d] + self.dst_ids[d][dst_block]
 
 
 def _solve(sources: Sequence[SpecTree], target: SpecTree, *, with_choices: bool) -> _Solution:
     """Runs the batched dynamic programme of all sources against one target."""
-    kinds: dict[str, int] = {}
-    src_levels = [_index_tree(s, kinds) for s in sources]
-    dst_levels = _index_tree(target, kinds)
-    depth_count = min(len(dst_levels), max(len(t) for t in src_levels))
+    src_levels = [_index_tree(s) for s in sources]
+    dst_levels = _index_tree(target)
+    src_ids, src_distinct = _canonicalise(src_levels)
+    (dst_ids,), dst_distinct = _canonicalise([dst_levels])
+    depth_count = min(len(dst_distinct), len(src_distinct))
     rank = max(
-        (len(x) for t in [dst_levels, *src_levels] for lv in t for x in lv.leaf_shape), default=1
+        (
+            len(c.shape)
+            for lv in src_distinct + dst_distinct
+            for b in lv
+            for c in b
+            if isinstance(c, LayerSpec)
+        ),
+        default=1,
     )
     rank = _bucket(rank, 4)
-
-    def count(levels: list[_Level], d: int) -> int:
-        return len(levels[d].blocks) if d < len(levels) else 0
-
+    kinds: dict[str, int] = {}
+    dst_counts = [
+        len(dst_distinct[d]) if d < len(dst_distinct) else 0 for d in range(depth_count + 1)
+    ]
     scores: list = [None] * depth_count
     choices: list = [None] * depth_count
-    dst_counts = [count(dst_levels, d) for d in range(depth_count + 1)]
     next_scores = np.zeros((1,), np.float32)
     for d in reversed(range(depth_count)):
-        parts, rows, deeper = [], 0, 0
-        for levels in src_levels:
-            if d < len(levels):
-                parts.append((levels[d], rows, deeper))
-                rows += len(levels[d].blocks)
-            deeper += count(levels, d + 1)
-        longest = max(p[0].longest for p in parts)
-        src_t = _tables(parts, _bucket(rows), _bucket(longest), rank)
-        dst_level = dst_levels[d]
-        dst_t = _tables(
-            [(dst_level, 0, 0)], _bucket(dst_counts[d]), _bucket(dst_level.longest), rank
-        )
-        real_pairs = rows * dst_counts[d]
+        src_t = _tables(src_distinct[d], kinds, rank)
+        dst_t = _tables(dst_distinct[d], kinds, rank)
+        real_pairs = len(src_distinct[d]) * dst_counts[d]
         p = np.arange(_bucket(real_pairs), dtype=np.int32) % real_pairs
-        tables = (src_t.kind, src_t.shape, src_t.child, dst_t.kind, dst_t.shape, dst_t.child)
         scores[d], choices[d] = _run_depth(
             p // dst_counts[d],
             p % dst_counts[d],
-            tables,
+            (*src_t, *dst_t),
             np.int32(dst_counts[d + 1]),
             next_scores,
             with_choices=with_choices,
         )
         next_scores = scores[d]
-    return _Solution(scores, choices, dst_counts, src_levels, dst_levels)
-
-
-# ----------------------------------------------------------------------------------
-# Backtracking.
+    return _Solution(scores, choices, dst_counts, src_levels, dst_levels, src_ids, dst_ids)
 
 
 def _backtrack(choice: np.ndarray, n: int, m: int) -> list[tuple[int, int, int]]:
@@ -420,18 +414,16 @@ def _backtrack(choice: np.ndarray, n: int, m: int) -> list[tuple[int, int, int]]
 
 def _pairs(sol: _Solution) -> list[tuple[IndexPath, IndexPath]]:
     """Recovers the matched leaf pairs of the first source against the target."""
-    src_levels, dst_levels = sol.src_levels[0], sol.dst_levels
     pairs: list[tuple[IndexPath, IndexPath]] = []
     frontier = [(0, 0)]  # (source block, target block) at depth d
     d = 0
-    while frontier and d < len(sol.scores):
-        n_dst = sol.dst_counts[d]
-        index = np.array([bs * n_dst + bt for bs, bt in frontier], np.int32)
+    while frontier:
+        index = np.array([sol.pair_index(0, d, bs, bt) for bs, bt in frontier], np.int32)
         tables = np.asarray(sol.choices[d])[index]
         deeper_scores = np.asarray(sol.scores[d + 1]) if d + 1 < len(sol.scores) else None
         deeper = []
         for (bs, bt), table in zip(frontier, tables):
-            sblock, tblock = src_levels[d].blocks[bs], dst_levels[d].blocks[bt]
+            sblock, tblock = sol.src_levels[0][d][bs], sol.dst_levels[d][bt]
             for j, k, i in _backtrack(table, len(tblock.children), len(sblock.children)):
                 sc = sblock.children[j - 1]
                 for r in range(k, i + 1):
@@ -440,7 +432,7 @@ def _pairs(sol: _Solution) -> list[tuple[IndexPath, IndexPath]]:
                         if sc.kind == tc.kind and sc.shape and tc.shape:
                             pairs.append((sblock.path + (j - 1,), tblock.path + (r - 1,)))
                     elif not isinstance(sc, LayerSpec) and not isinstance(tc, LayerSpec):
-                        if deeper_scores[sc * sol.dst_counts[d + 1] + tc] > 0:
+                        if deeper_scores[sol.pair_index(0, d + 1, sc, tc)] > 0:
                             deeper.append((sc, tc))
         frontier = deeper
         d += 1
@@ -467,7 +459,7 @@ def align(src_tree: SpecTree, dst_tree: SpecTree) -> Alignment:
     validate_tree(src_tree, argname="src_tree")
     validate_tree(dst_tree, argname="dst_tree")
     sol = _solve([src_tree], dst_tree, with_choices=True)
-    score = float(sol.scores[0][0])
+    score = float(np.asarray(sol.scores[0])[0])
     pairs = _pairs(sol)
     return Alignment(score=score, pairs=pairs)
 
@@ -483,7 +475,8 @@ def alignment_scores(sources: Sequence[SpecTree], target: SpecTree) -> np.ndarra
     if not sources:
         return np.zeros((0,), np.float64)
     sol = _solve(list(sources), target, with_choices=False)
-    return np.asarray(sol.scores[0][: len(sources)], np.float64)
+    top = np.asarray(sol.scores[0], np.float64)
+    return np.array([top[sol.pair_index(s, 0, 0, 0)] for s in range(len(sources))])
 
 
 def similarity_of_trees(src_tree: SpecTree, dst_tree: SpecTree) -> float:

@@ -1,0 +1,218 @@
+"""Alignment speed: the compiled kernel and the NumPy fast path against the plain-Python
+oracle of the same recurrence, on zoo architectures and synthetic trees; ranking; and the
+growth of time with the number of layers.
+
+    python benchmarks/bench_alignment.py [--quick] [--out benchmarks/results]
+
+Prints markdown tables (also written to OUT/alignment.md) and a plot (OUT/scaling.png).
+"warm" is the median of repeated calls in a process that already ran the same shapes;
+"cold" the first call in a fresh process whose JAX compilation cache an earlier process
+filled; "first-ever" the first call in a fresh process with an empty cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+from common import count_leaves, machine, median_time, ms, once, run_child, table, zoo_tree
+
+ZOO_PAIRS = [
+    ("cifar_resnet32", "cifar_resnet20"),
+    ("cifar_resnet20", "cifar_resnet32"),
+    ("resnet50", "resnet18"),
+    ("resnet152", "resnet50"),
+    ("efficientnet_b3", "efficientnet_b0"),
+    ("efficientnet_b7", "efficientnet_b2"),
+    ("mobilenet_v2", "efficientnet_b0"),
+]
+SYNTHETIC = [10, 30, 100, 300, 1000, 2000]
+ORACLE_LIMIT_S = 60.0
+
+CHILD = """
+import time
+from dpiat_jax import alignment
+alignment.set_kernel(PAYLOAD["policy"])
+t = time.perf_counter()
+alignment.align(PAYLOAD["src"], PAYLOAD["dst"])
+RESULT = {"first": time.perf_counter() - t}
+"""
+
+
+def unshare(tree: list) -> list:
+    """A copy with no list object shared (the oracle memoises by identity)."""
+    return [unshare(x) if isinstance(x, list) else x for x in tree]
+
+
+def fresh_process_times(src: list, dst: list, policy: str) -> tuple[float, float]:
+    """(first-ever, cold) seconds of the first align call in fresh processes."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"DPIAT_JAX_COMPILATION_CACHE": os.path.join(cache, "jax")}
+        payload = {"src": src, "dst": dst, "policy": policy}
+        first = run_child(CHILD, payload, env)["first"]
+        cold = run_child(CHILD, payload, env)["first"]
+    return first, cold
+
+
+def measure(src: list, dst: list, oracle_ok: bool, fresh: bool = True) -> dict:
+    from oracle import oracle_align
+
+    from dpiat_jax import alignment
+
+    row: dict = {"leaves": (count_leaves(src), count_leaves(dst))}
+    for policy in ("jit", "numpy", "auto"):
+        alignment.set_kernel(policy)
+        first, result = once(lambda: alignment.align(src, dst))
+        row[f"{policy}_first_in_process"] = first
+        row[f"{policy}_warm"] = median_time(lambda: alignment.align(src, dst), 5)
+    alignment.set_kernel("auto")
+    row["score"] = result.score
+    if oracle_ok:
+        row["oracle"], (score, pairs) = once(lambda: oracle_align(unshare(src), unshare(dst)))
+        row["agrees"] = pairs == result.pairs and abs(score - result.score) <= 1e-5 * max(1, score)
+    else:
+        row["oracle"], row["agrees"] = float("nan"), None
+    if fresh:
+        row["jit_first_ever"], row["jit_cold"] = fresh_process_times(src, dst, "jit")
+        row["auto_first_ever"], row["auto_cold"] = fresh_process_times(src, dst, "auto")
+    return row
+
+
+def alignment_rows(cases, fresh: bool) -> tuple[str, list[dict]]:
+    rows, out = [], []
+    oracle_ok = True
+    for name, src, dst in cases:
+        r = measure(src, dst, oracle_ok, fresh)
+        if r["oracle"] == r["oracle"] and r["oracle"] > ORACLE_LIMIT_S / 6:
+            oracle_ok = False  # the next (larger) case would take over a minute
+        r["name"] = name
+        out.append(r)
+        o = r["oracle"]
+        rows.append(
+            [
+                name,
+                f"{r['leaves'][0]} / {r['leaves'][1]}",
+                ms(o),
+                ms(r["jit_warm"]),
+                o / r["jit_warm"],
+                ms(r["numpy_warm"]),
+                o / r["numpy_warm"],
+                ms(r.get("jit_cold", float("nan"))),
+                ms(r.get("auto_cold", float("nan"))),
+                o / r.get("auto_cold", float("nan")),
+                ms(r.get("jit_first_ever", float("nan"))),
+                ms(r.get("auto_first_ever", float("nan"))),
+                {True: "yes", False: "NO", None: "-"}[r["agrees"]],
+            ]
+        )
+    headers = [
+        "pair (src -> dst)",
+        "leaves",
+        "oracle ms",
+        "jit warm ms",
+        "x oracle",
+        "numpy warm ms",
+        "x oracle",
+        "jit cold ms",
+        "auto cold ms",
+        "x oracle",
+        "jit first-ever ms",
+        "auto first-ever ms",
+        "same result",
+    ]
+    return table(headers, rows), out
+
+
+def ranking(zoo: dict[str, list], quick: bool) -> str:
+    from oracle import oracle_similarity
+
+    import dpiat_jax
+
+    names = list(zoo)
+    target = zoo["resnet50"]
+    rows = []
+    for n in (8, 32) if quick else (8, 32, 128):
+        cands = [zoo[names[i % len(names)]] for i in range(n)]
+        first, ranked = once(lambda c=cands: dpiat_jax.rank_sources(c, target))
+        warm = median_time(lambda c=cands: dpiat_jax.rank_sources(c, target), 3)
+        t_oracle, sims = once(lambda c=cands: [oracle_similarity(unshare(x), target) for x in c])
+        best = max(range(n), key=lambda i: (sims[i], -i))
+        rows.append(
+            [n, ms(t_oracle), ms(first), ms(warm), t_oracle / warm, ranked[0][0] == best]
+        )
+    headers = ["candidates", "oracle loop ms", "rank first ms", "rank warm ms", "x oracle", "same best"]
+    return table(headers, rows)
+
+
+def scaling_plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [sum(r["leaves"]) / 2 for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in [
+        ("oracle", "plain-Python oracle"),
+        ("jit_warm", "jit kernel, warm"),
+        ("numpy_warm", "NumPy fast path"),
+        ("auto_first_ever", "default, first-ever (compile)"),
+        ("auto_cold", "default, cold (cache filled)"),
+    ]:
+        pts = [(x, r[key]) for x, r in zip(n, rows) if key in r and r[key] == r[key]]
+        if pts:
+            ax.loglog(*zip(*pts), marker="o", label=label)
+    ax.set_xlabel("leaves per tree (synthetic, three nesting levels)")
+    ax.set_ylabel("seconds per alignment")
+    ax.set_title("DPIAT alignment time against tree size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases, no fresh processes")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    start = time.time()
+    from strategies import random_tree
+
+    zoo_names = sorted({n for pair in ZOO_PAIRS for n in pair})
+    if args.quick:
+        zoo_names = [n for n in zoo_names if n.startswith("cifar") or n in ("resnet50", "resnet18")]
+    zoo = {n: zoo_tree(n) for n in zoo_names}
+    cases = [(f"{s} -> {d}", zoo[s], zoo[d]) for s, d in ZOO_PAIRS if s in zoo and d in zoo]
+    zoo_table, _ = alignment_rows(cases, fresh=not args.quick)
+
+    rng = np.random.default_rng(0)
+    sizes = SYNTHETIC[:4] if args.quick else SYNTHETIC
+    synth = [
+        (f"synthetic {n}", unshare(random_tree(rng, n)), unshare(random_tree(rng, n)))
+        for n in sizes
+    ]
+    synth_table, synth_rows = alignment_rows(synth, fresh=not args.quick)
+    rank_table = ranking(zoo, args.quick)
+    scaling_plot(synth_rows, os.path.join(args.out, "scaling.png"))
+
+    report = "\n\n".join(
+        [
+            f"Machine: {machine()}",
+            "### Alignment (dp) on zoo architectures\n\n" + zoo_table,
+            "### Alignment (dp) on synthetic trees\n\n" + synth_table,
+            "### Ranking candidate sources (rank_sources vs looping the oracle)\n\n" + rank_table,
+            f"Total benchmark time: {time.time() - start:.0f} s",
+        ]
+    )
+    print(report)
+    with open(os.path.join(args.out, "alignment.md"), "w") as f:
+        f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
