@@ -5,36 +5,48 @@
 DPIAT method (blocks along the module hierarchy, aligned by dynamic programming, matched
 tensors cropped or centred into the target's shapes).
 
-Pipeline stages (design.md), each a public module:
-``layers`` -> ``blocks`` -> ``scores`` -> ``alignment`` -> ``matching`` -> ``tensors``
--> ``variables``.
+Pipeline stages (design.md), each a public module of pure functions:
+``dpiat_jax.layers`` -> ``dpiat_jax.blocks`` -> ``dpiat_jax.scores`` ->
+``dpiat_jax.alignment`` -> ``dpiat_jax.matching`` -> ``dpiat_jax.tensors`` ->
+``dpiat_jax.variables``; :func:`module_layers` and :func:`module_blocks` run the first
+two on a module.
 """
 
-from dpiat_jax.alignment import Alignment, align
-from dpiat_jax.api import match, module_blocks, rank_sources, similarity, transfer
-from dpiat_jax.blocks import blocks, to_spec_tree
-from dpiat_jax.layers import Layer, ModuleNode, layers, trace
+from dpiat_jax.alignment import Alignment
+from dpiat_jax.api import (
+    match,
+    module_blocks,
+    module_layers,
+    rank_sources,
+    similarity,
+    transfer,
+)
+from dpiat_jax.blocks import to_spec_tree
+from dpiat_jax.layers import Layer, ModuleNode
+from dpiat_jax.matchers import MATCHERS, align, get_matcher
 from dpiat_jax.matching import MatchReport
 from dpiat_jax.spec import LayerSpec
-from dpiat_jax.tensors import clip
+from dpiat_jax.tensors import TENSOR_RULES, clip, get_tensor_rule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MATCHERS",
+    "TENSOR_RULES",
     "Alignment",
     "Layer",
     "LayerSpec",
     "MatchReport",
     "ModuleNode",
     "align",
-    "blocks",
     "clip",
-    "layers",
+    "get_matcher",
+    "get_tensor_rule",
     "match",
     "module_blocks",
+    "module_layers",
     "rank_sources",
     "similarity",
     "to_spec_tree",
-    "trace",
     "transfer",
 ]

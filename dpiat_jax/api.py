@@ -20,7 +20,7 @@ from dpiat_jax import inputs
 from dpiat_jax.alignment import alignment_scores
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
 from dpiat_jax.inputs import CallSpec
-from dpiat_jax.layers import ModuleNode, build_hierarchy, record_calls, trace
+from dpiat_jax.layers import Layer, ModuleNode, build_hierarchy, layers, record_calls, trace
 from dpiat_jax.matchers import (
     Matcher,
     align,
@@ -33,7 +33,14 @@ from dpiat_jax.spec import LayerSpec, validate_tree
 from dpiat_jax.tensors import TensorRule, get_tensor_rule, tensor_rule_name
 from dpiat_jax.variables import write_tensors
 
-__all__ = ["transfer", "match", "similarity", "rank_sources", "module_blocks"]
+__all__ = [
+    "transfer",
+    "match",
+    "similarity",
+    "rank_sources",
+    "module_layers",
+    "module_blocks",
+]
 
 
 def _is_input(x: Any) -> bool:
@@ -236,6 +243,39 @@ def match(
 # Spec trees from modules, similarity and ranking.
 
 
+def _module_root(module, variables, sample_input, call_kwargs, argname) -> ModuleNode:
+    """Traces a module (with its variables, or abstractly from ``sample_input``)."""
+    inputs.check_module(module, argname)
+    if variables is not None:
+        plain, _, _ = _as_variables(variables, argname)
+        return _trace_source(module, plain, sample_input, call_kwargs, argname)[0]
+    if sample_input is None:
+        raise ValueError(
+            f"`{argname}` is a bare module: pass sample_input= so its layers can be "
+            "discovered (or pass (module, variables))."
+        )
+    kwargs = inputs.call_kwargs_for(module, call_kwargs)
+    try:
+        return trace(module, None, (sample_input,), kwargs)[0]
+    except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+        raise inputs.init_error(module, CallSpec(sample_input, kwargs), argname, err) from err
+
+
+def module_layers(
+    module: nn.Module,
+    variables: Mapping[str, Any] | None = None,
+    *,
+    sample_input: Any = None,
+    call_kwargs: Mapping[str, Any] | None = None,
+) -> list[Layer]:
+    """Returns a module's layers and placeholders in call order (the layers stage).
+
+    With ``variables`` the layers hold those arrays (and an input can be inferred);
+    without, an abstract init supplies the shapes and ``sample_input`` is required.
+    """
+    return layers(_module_root(module, variables, sample_input, call_kwargs, "module"))
+
+
 def module_blocks(
     module: nn.Module,
     variables: Mapping[str, Any] | None = None,
@@ -244,27 +284,10 @@ def module_blocks(
     call_kwargs: Mapping[str, Any] | None = None,
     argname: str = "module",
 ) -> list:
-    """Returns the block tree of a module (nested lists of Layer records).
-
-    With ``variables`` the layers hold those arrays (and an input can be inferred);
-    without, an abstract init supplies the shapes and ``sample_input`` is required.
-    """
-    inputs.check_module(module, argname)
-    kwargs = inputs.call_kwargs_for(module, call_kwargs)
-    if variables is None:
-        if sample_input is None:
-            raise ValueError(
-                f"`{argname}` is a bare module: pass sample_input= so its layers can be "
-                "discovered (or pass (module, variables))."
-            )
-        call = CallSpec(sample_input, kwargs)
-        try:
-            root, _ = trace(module, None, (sample_input,), kwargs)
-        except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
-            raise inputs.init_error(module, call, argname, err) from err
-        return blocks(root)
-    plain, _, _ = _as_variables(variables, argname)
-    return blocks(_trace_source(module, plain, sample_input, call_kwargs, argname)[0])
+    """Returns a module's block tree (the blocks stage): nested lists of Layer records;
+    :func:`dpiat_jax.blocks.to_spec_tree` turns it into the LayerSpec tree that the
+    alignment sees. Arguments as for :func:`module_layers`."""
+    return blocks(_module_root(module, variables, sample_input, call_kwargs, argname))
 
 
 def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tuple[list, Any]:

@@ -128,13 +128,13 @@ def check_variables_fit(
 ) -> None:
     """Raises ``ValueError`` naming the first mismatching paths when ``variables`` do not
     have the structure and shapes that ``module`` creates."""
-    unknown = [c for c in variables if c not in abstract]
+    unknown = [c for c in variables if c not in abstract and variables[c]]
     if unknown:
         raise ValueError(
             f"`{argname}` has collections {unknown} that {type(module).__name__} does not "
             f"create (it creates {sorted(abstract)}). Pass the variables of this module."
         )
-    problems = _mismatches(abstract, variables, list(variables))
+    problems = _mismatches(abstract, variables, [c for c in variables if c in abstract])
     if problems:
         shown = "\n  ".join(problems[:8])
         more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
@@ -174,9 +174,8 @@ def candidate_inputs(variables: Mapping[str, Any]):
 
 def fits(abstract: Mapping[str, Any], variables: Mapping[str, Any]) -> bool:
     """Whether ``variables`` have exactly the structure and shapes of ``abstract``."""
-    return all(c in abstract for c in variables) and not _mismatches(
-        abstract, variables, list(variables)
-    )
+    present = [c for c in variables if variables[c]]
+    return all(c in abstract for c in present) and not _mismatches(abstract, variables, present)
 
 
 def find_fitting_input(probe, variables: Mapping[str, Any], argname: str, module_name: str):
