@@ -8,6 +8,7 @@ own module too.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ from dpiat_jax.matchers import (
 from dpiat_jax.matching import MatchReport, build_report, layer_pairs
 from dpiat_jax.spec import LayerSpec, validate_tree
 from dpiat_jax.tensors import TensorRule, get_tensor_rule, tensor_rule_name
-from dpiat_jax.variables import write_tensors
+from dpiat_jax.variables import nonfinite_tensors, write_tensors
 
 __all__ = [
     "transfer",
@@ -131,9 +132,59 @@ def _nonempty(tree: list, argname: str) -> None:
         )
 
 
-def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule, matcher="dp"):
-    rule = get_tensor_rule(tensor_rule)  # unknown names fail before any tracing
-    matcher_label = matcher_name(matcher)
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The keyword options of :func:`transfer` and :func:`match`, validated."""
+
+    matcher: Any = "dp"
+    tensor_rule: Any = "clip"
+    on_nonfinite: str = "warn"
+    out_shardings: Any = None
+
+    def __post_init__(self) -> None:
+        get_tensor_rule(self.tensor_rule)  # unknown names fail before any tracing
+        matcher_name(self.matcher)
+        if self.on_nonfinite not in _NONFINITE:
+            raise ValueError(
+                f"Unknown on_nonfinite {self.on_nonfinite!r}; use one of {list(_NONFINITE)}."
+            )
+
+
+_NONFINITE = ("warn", "raise", "ignore")
+
+
+def _check_finite(pairs, policy: str) -> None:
+    """Warns or raises (per ``on_nonfinite``) when matched source tensors hold NaN/inf."""
+    if policy == "ignore":
+        return
+    bad = nonfinite_tensors(pairs)
+    if not bad:
+        return
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    message = (
+        f"`src_params` has non-finite values (NaN or inf) in {shown}, which the transfer "
+        "copies into the target. Fix the source (or pass on_nonfinite='ignore' to copy "
+        "them anyway, or on_nonfinite='raise' to stop)."
+    )
+    if policy == "raise":
+        raise FloatingPointError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _place(out: Any, out_shardings: Any) -> Any:
+    """Puts the result on ``out_shardings`` (one sharding, or a pytree of them)."""
+    if out_shardings is None:
+        return out
+    try:
+        return jax.device_put(out, out_shardings)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            "`out_shardings` must be one jax.sharding.Sharding for every array or a pytree "
+            f"of shardings with the result's structure ({jax.tree.structure(out)}): {err}"
+        ) from err
+
+
+def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options: _Options):
     prepared, is_vars, frozen = _prepare(
         src_params, src_def, dst_def, rng, sample_input, call_kwargs
     )
@@ -142,7 +193,8 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_ru
     _nonempty(dst_blocks, "dst_def")
     src_spec, dst_spec = to_spec_tree(src_blocks), to_spec_tree(dst_blocks)
     rng = jax.random.key(0) if rng is None else rng
-    result = align(src_spec, dst_spec, matcher, rng=jax.random.fold_in(rng, 3))
+    matcher_label = matcher_name(options.matcher)
+    result = align(src_spec, dst_spec, options.matcher, rng=jax.random.fold_in(rng, 3))
     if matcher_label == "dp":
         self_score = float(alignment_scores([dst_spec], dst_spec)[0])
         sim = result.score / self_score if self_score > 0 else 0.0
@@ -151,8 +203,12 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_ru
     else:
         sim = float("nan")  # no similarity is defined for this matcher
     pairs = layer_pairs(result, src_blocks, dst_blocks)
+    _check_finite(pairs, options.on_nonfinite)
     new_vars, written, skipped = write_tensors(
-        pairs, prepared.dst_variables, rule, jax.random.fold_in(rng, 2)
+        pairs,
+        prepared.dst_variables,
+        get_tensor_rule(options.tensor_rule),
+        jax.random.fold_in(rng, 2),
     )
     report = build_report(
         pairs,
@@ -163,9 +219,10 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_ru
         score=result.score,
         similarity=sim,
         matcher=matcher_label,
-        tensor_rule=tensor_rule_name(tensor_rule),
+        tensor_rule=tensor_rule_name(options.tensor_rule),
     )
     out = new_vars if is_vars else new_vars["params"]
+    out = _place(out, options.out_shardings)
     if frozen:
         out = flax.core.freeze(out)
     return out, report
@@ -181,6 +238,8 @@ def transfer(
     call_kwargs: Mapping[str, Any] | tuple | None = None,
     matcher: str | Matcher = "dp",
     tensor_rule: str | TensorRule = "clip",
+    on_nonfinite: str = "warn",
+    out_shardings: Any = None,
 ) -> Any:
     """Initialises ``dst_def`` from the trained variables of a different architecture.
 
@@ -204,6 +263,12 @@ def transfer(
         ``dpiat_jax.tensors.TENSOR_RULES`` (``"clip"``, the default, ``"magnitude"``,
         ``"full"``, ``"uniform"``) or a function ``(src_array, dst_array, rng) -> array``
         of the target's shape and dtype.
+      on_nonfinite: what to do when a source tensor that is copied holds NaN or inf:
+        ``"warn"`` (default, a RuntimeWarning naming the tensors), ``"raise"``
+        (FloatingPointError) or ``"ignore"``.
+      out_shardings: where to place the result: one ``jax.sharding.Sharding`` for every
+        array or a pytree of shardings with the result's structure. Sharded source
+        arrays are sliced where they live, never gathered on one device first.
 
     Returns:
       The target's variables: the whole variables dict (every collection of the fresh
@@ -211,9 +276,8 @@ def transfer(
       params collection; a FrozenDict when ``src_params`` was one. Structure, shapes and
       dtypes are exactly those of ``dst_def.init``.
     """
-    out, _ = _run(
-        src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule, matcher
-    )
+    options = _Options(matcher, tensor_rule, on_nonfinite, out_shardings)
+    out, _ = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options)
     return out
 
 
@@ -227,15 +291,15 @@ def match(
     call_kwargs: Mapping[str, Any] | tuple | None = None,
     matcher: str | Matcher = "dp",
     tensor_rule: str | TensorRule = "clip",
+    on_nonfinite: str = "warn",
 ) -> MatchReport:
     """Returns the :class:`~dpiat_jax.matching.MatchReport` of what :func:`transfer` with
     the same arguments moves: every pair with its score, the target's coverage (layers
     and parameters) and the unmatched layers on both sides; ``str(report)`` is a table.
     The report records the matcher's and tensor rule's names; its similarity is NaN for
     a matcher without one (``flat``, ``nested-bipartite``, ``random``, user functions)."""
-    _, report = _run(
-        src_params, src_def, dst_def, rng, sample_input, call_kwargs, tensor_rule, matcher
-    )
+    options = _Options(matcher, tensor_rule, on_nonfinite)
+    _, report = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options)
     return report
 
 

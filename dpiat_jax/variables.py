@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import traverse_util
 
 from dpiat_jax.matching import LayerPair
 from dpiat_jax.tensors import TensorRule
 
-__all__ = ["write_tensors", "tensor_key"]
+__all__ = ["write_tensors", "tensor_key", "nonfinite_tensors"]
 
 
 def tensor_key(collection: str, layer_path: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -68,3 +69,26 @@ def write_tensors(
                 overlap = math.prod(min(a, b) for a, b in zip(source.shape, target.shape))
                 written[id(pair.dst)] = written.get(id(pair.dst), 0) + overlap
     return traverse_util.unflatten_dict(flat), written, skipped
+
+
+def nonfinite_tensors(pairs: list[LayerPair]) -> list[str]:
+    """Returns the names of the matched source tensors that hold NaN or inf.
+
+    The check runs where the arrays live (sharded arrays are reduced shard-wise) and
+    fetches one boolean per tensor.
+    """
+    names, flags = [], []
+    seen: set[int] = set()
+    for pair in pairs:
+        if id(pair.src) in seen:
+            continue
+        seen.add(id(pair.src))
+        for collection, group in pair.src.tensors.items():
+            for name, array in group.items():
+                if jnp.issubdtype(array.dtype, jnp.inexact):
+                    names.append("/".join(tensor_key(collection, pair.src.path, name)))
+                    flags.append(jnp.all(jnp.isfinite(array)))
+    if not flags:
+        return []
+    finite = jax.device_get(flags)
+    return [n for n, ok in zip(names, finite) if not ok]
