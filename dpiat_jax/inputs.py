@@ -10,6 +10,7 @@ module, always with errors that name the argument and the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -99,7 +100,8 @@ def call_kwargs_for(module: nn.Module, kwargs: Mapping[str, Any] | None) -> dict
 
 def abstract_init(module: nn.Module, call: CallSpec, rng: jax.Array | None = None) -> Any:
     """``jax.eval_shape`` of ``module.init``: the variables' shapes without computing them."""
-    return jax.eval_shape(module.init, _rngs(rng), call.sample_input, **call.kwargs)
+    init = functools.partial(module.init, **call.kwargs)  # keyword flags stay static
+    return jax.eval_shape(init, _rngs(rng), call.sample_input)
 
 
 def _shape_tree(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -213,7 +215,7 @@ def init_error(module: nn.Module, call: CallSpec, argname: str, err: Exception) 
     """A readable error for a module that cannot be initialised with an input."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ValueError(
-        f"Calling {argname}.init with sample_input of {describe(call.sample_input)} and "
+        f"Calling {type(module).__name__}.init for `{argname}` with sample_input of {describe(call.sample_input)} and "
         f"call_kwargs {dict(call.kwargs)} failed: {type(err).__name__}: {first}\n"
         "Pass sample_input= with one example batch the model accepts (or a "
         "(src_input, dst_input) pair), and call_kwargs= for its __call__ arguments."

@@ -9,6 +9,7 @@ Together with the variables it gives a :class:`ModuleNode` hierarchy whose leave
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -245,7 +246,8 @@ def trace(
     """
     if rngs is None:
         rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    abstract, calls = record_calls(jax.eval_shape, module.init, rngs, *args, **kwargs)
+    init = functools.partial(module.init, **kwargs)  # keyword flags stay static under tracing
+    abstract, calls = record_calls(jax.eval_shape, init, rngs, *args)
     return build_hierarchy(calls, abstract if variables is None else variables), abstract
 
 

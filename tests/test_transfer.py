@@ -444,3 +444,15 @@ def test_rank_sources(resnets):
         assert [i for i, _ in other] == [i for i, _ in ranking]
         assert [s for _, s in other] == pytest.approx(sims, rel=1e-6)
     assert dpiat_jax.rank_sources([], tree20) == []
+
+
+def test_call_kwargs_are_passed_as_static_flags():
+    """A boolean flag such as ``train`` must stay a Python bool while the models trace."""
+    from dpiat_jax.models import get_model
+
+    src, dst = get_model("cifar_resnet14"), get_model("cifar_resnet20")
+    x = jnp.zeros((1, 16, 16, 3))
+    variables = src.init(jax.random.key(0), x)
+    both = dpiat_jax.match(variables, src, dst, call_kwargs={"train": False}, sample_input=x)
+    pair = dpiat_jax.match(variables, src, dst, call_kwargs=({"train": False}, {"train": False}))
+    assert both.pairs == pair.pairs and both.similarity == pytest.approx(pair.similarity)
