@@ -215,7 +215,8 @@ def init_error(module: nn.Module, call: CallSpec, argname: str, err: Exception) 
     """A readable error for a module that cannot be initialised with an input."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ValueError(
-        f"Calling {type(module).__name__}.init for `{argname}` with sample_input of {describe(call.sample_input)} and "
+        f"Calling {type(module).__name__}.init for `{argname}` with sample_input of "
+        f"{describe(call.sample_input)} and "
         f"call_kwargs {dict(call.kwargs)} failed: {type(err).__name__}: {first}\n"
         "Pass sample_input= with one example batch the model accepts (or a "
         "(src_input, dst_input) pair), and call_kwargs= for its __call__ arguments."
