@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from dpiat_jax import inputs
+from dpiat_jax import inputs, nnx_models
 from dpiat_jax.alignment import alignment_scores
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
 from dpiat_jax.inputs import CallSpec
@@ -103,22 +103,55 @@ def _init_target(module, call: CallSpec, rng) -> tuple[ModuleNode, dict]:
     return build_hierarchy(calls, fresh), fresh
 
 
-def _prepare(src_params, src_def, dst_def, rng, sample_input, call_kwargs):
+def _trace_nnx(model, sample_input, kwargs, argname) -> tuple[ModuleNode, dict, Any]:
+    """Traces an NNX model; returns ``(hierarchy, variables, input used)``. Without an
+    input, candidates from its variables' shapes are tried until one runs."""
+    variables = nnx_models.nnx_variables(model)
+    if sample_input is None:
+
+        def probe(x):  # an NNX model's variables do not depend on the input: any that runs
+            return variables, nnx_models.trace_nnx(model, x, kwargs)
+
+        x, (root, _) = inputs.find_fitting_input(probe, variables, argname, type(model).__name__)
+        return root, variables, x
+    try:
+        root, _ = nnx_models.trace_nnx(model, sample_input, kwargs)
+    except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+        raise inputs.init_error(model, CallSpec(sample_input, kwargs), argname, err) from err
+    return root, variables, sample_input
+
+
+def _source(src_params, src_def, sample_input, kwargs):
+    """The source's hierarchy, variables, input used, and the form of ``src_params``."""
+    if nnx_models.is_nnx(src_params):
+        if src_def is not None and src_def is not src_params:
+            raise TypeError(
+                "`src_params` is an NNX model, which carries its own definition: pass "
+                "src_def=None (or the same model)."
+            )
+        root, variables, x = _trace_nnx(src_params, sample_input, kwargs, "src_params")
+        return root, x, True, False
     inputs.check_module(src_def, "src_def")
-    inputs.check_module(dst_def, "dst_def")
     variables, is_vars, frozen = _as_variables(src_params, "src_params")
+    root, x = _trace_source(src_def, variables, sample_input, kwargs, "src_params")
+    return root, x, is_vars, frozen
+
+
+def _prepare(src_params, src_def, dst_def, rng, sample_input, call_kwargs):
+    if not nnx_models.is_nnx(dst_def):
+        inputs.check_module(dst_def, "dst_def")
     src_in, dst_in = inputs.split_pair(sample_input, "sample_input", is_single=_is_input)
     src_kw, dst_kw = inputs.split_pair(
         call_kwargs, "call_kwargs", is_single=lambda x: isinstance(x, Mapping)
     )
-    src_root, src_x = _trace_source(src_def, variables, src_in, src_kw, "src_params")
-    dst_kwargs = inputs.call_kwargs_for(dst_def, dst_kw)
-    dst_call = CallSpec(src_x if dst_in is None else dst_in, dst_kwargs)
-    if isinstance(dst_call.sample_input, jax.ShapeDtypeStruct):
-        dst_call = CallSpec(
-            jax.numpy.zeros(dst_call.sample_input.shape, dst_call.sample_input.dtype),
-            dst_kwargs,
-        )
+    src_root, src_x, is_vars, frozen = _source(src_params, src_def, src_in, src_kw)
+    dst_x = src_x if dst_in is None else dst_in
+    if isinstance(dst_x, jax.ShapeDtypeStruct):
+        dst_x = jax.numpy.zeros(dst_x.shape, dst_x.dtype)
+    if nnx_models.is_nnx(dst_def):
+        dst_root, fresh, _ = _trace_nnx(dst_def, dst_x, dict(dst_kw or {}), "dst_def")
+        return _Prepared(src_root, dst_root, fresh), is_vars, frozen
+    dst_call = CallSpec(dst_x, inputs.call_kwargs_for(dst_def, dst_kw))
     rng = jax.random.key(0) if rng is None else rng
     dst_root, fresh = _init_target(dst_def, dst_call, rng)
     return _Prepared(src_root, dst_root, fresh), is_vars, frozen
@@ -221,6 +254,8 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options: 
         matcher=matcher_label,
         tensor_rule=tensor_rule_name(options.tensor_rule),
     )
+    if nnx_models.is_nnx(dst_def):
+        return nnx_models.with_variables(dst_def, _place(new_vars, options.out_shardings)), report
     out = new_vars if is_vars else new_vars["params"]
     out = _place(out, options.out_shardings)
     if frozen:
@@ -270,11 +305,16 @@ def transfer(
         array or a pytree of shardings with the result's structure. Sharded source
         arrays are sliced where they live, never gathered on one device first.
 
+    Flax NNX models are accepted too: an NNX model stands where a definition and its
+    variables are expected (``transfer(src_model, None, dst_model, rng)``; the target
+    model holds its own fresh init), and the result is then a new NNX model of the
+    target (the given models are not changed).
+
     Returns:
       The target's variables: the whole variables dict (every collection of the fresh
-      init) when ``src_params`` has a top-level ``"params"`` key, otherwise only the
-      params collection; a FrozenDict when ``src_params`` was one. Structure, shapes and
-      dtypes are exactly those of ``dst_def.init``.
+      init) when ``src_params`` has a top-level ``"params"`` key (or is an NNX model),
+      otherwise only the params collection; a FrozenDict when ``src_params`` was one.
+      Structure, shapes and dtypes are exactly those of ``dst_def.init``.
     """
     options = _Options(matcher, tensor_rule, on_nonfinite, out_shardings)
     out, _ = _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options)
@@ -361,6 +401,9 @@ def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tup
         module, variables = obj
         plain, _, _ = _as_variables(variables, argname)
         root, x = _trace_source(module, plain, sample_input, call_kwargs, argname)
+        return to_spec_tree(blocks(root)), x
+    if nnx_models.is_nnx(obj):
+        root, _, x = _trace_nnx(obj, sample_input, dict(call_kwargs or {}), argname)
         return to_spec_tree(blocks(root)), x
     if isinstance(obj, (list, LayerSpec)):
         return validate_tree(obj, argname=argname), None

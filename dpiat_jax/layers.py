@@ -113,6 +113,7 @@ def layer_kind(module_type: type, attrs: Mapping[str, Any], params: Mapping[str,
     """
     kernel = params.get("kernel")
     ndim = len(kernel.shape) if kernel is not None else None
+    module_type = _linen_equivalent(module_type)
     if issubclass(module_type, nn.ConvTranspose):
         return f"conv_transpose{(ndim or 3) - 2}d"
     if issubclass(module_type, nn.Conv):
@@ -130,6 +131,28 @@ def layer_kind(module_type: type, attrs: Mapping[str, Any], params: Mapping[str,
         if issubclass(module_type, cls):
             return kind
     return module_type.__name__
+
+
+def _linen_equivalent(module_type: type) -> type:
+    """Maps a Flax NNX layer class to the linen class with the same kind rules."""
+    if module_type.__module__.startswith("flax.nnx"):
+        from flax import nnx
+
+        table = [
+            (nnx.ConvTranspose, nn.ConvTranspose),
+            (nnx.Conv, nn.Conv),
+            (nnx.Linear, nn.Dense),
+            (nnx.LinearGeneral, nn.DenseGeneral),
+            (nnx.Embed, nn.Embed),
+            (nnx.BatchNorm, nn.BatchNorm),
+            (nnx.LayerNorm, nn.LayerNorm),
+            (nnx.GroupNorm, nn.GroupNorm),
+            (nnx.RMSNorm, nn.RMSNorm),
+        ]
+        for nnx_cls, linen_cls in table:
+            if issubclass(module_type, nnx_cls):
+                return linen_cls
+    return module_type
 
 
 def _main_tensor(params: Mapping[str, Any], others: Mapping[str, Mapping[str, Any]]) -> str:
