@@ -13,6 +13,7 @@ filled; "first-ever" the first call in a fresh process with an empty cache.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -34,12 +35,18 @@ ORACLE_LIMIT_S = 60.0
 
 CHILD = """
 import time
-from dpiat_jax import alignment
+from dpiat_jax import alignment, matchers
 alignment.set_kernel(PAYLOAD["policy"])
 t = time.perf_counter()
-alignment.align(PAYLOAD["src"], PAYLOAD["dst"])
+matchers.align(PAYLOAD["src"], PAYLOAD["dst"], matcher=PAYLOAD.get("matcher", "dp"))
 RESULT = {"first": time.perf_counter() - t}
 """
+VARIANT_PAIRS = [
+    ("cifar_resnet32", "cifar_resnet20"),
+    ("resnet50", "resnet18"),
+    ("resnet152", "resnet50"),
+    ("efficientnet_b7", "efficientnet_b2"),
+]
 
 
 def unshare(tree: list) -> list:
@@ -47,11 +54,13 @@ def unshare(tree: list) -> list:
     return [unshare(x) if isinstance(x, list) else x for x in tree]
 
 
-def fresh_process_times(src: list, dst: list, policy: str) -> tuple[float, float]:
+def fresh_process_times(
+    src: list, dst: list, policy: str, matcher: str = "dp"
+) -> tuple[float, float]:
     """(first-ever, cold) seconds of the first align call in fresh processes."""
     with tempfile.TemporaryDirectory() as cache:
         env = {"DPIAT_JAX_COMPILATION_CACHE": os.path.join(cache, "jax")}
-        payload = {"src": src, "dst": dst, "policy": policy}
+        payload = {"src": src, "dst": dst, "policy": policy, "matcher": matcher}
         first = run_child(CHILD, payload, env)["first"]
         cold = run_child(CHILD, payload, env)["first"]
     return first, cold
@@ -140,10 +149,64 @@ def ranking(zoo: dict[str, list], quick: bool) -> str:
         warm = median_time(lambda c=cands: dpiat_jax.rank_sources(c, target), 3)
         t_oracle, sims = once(lambda c=cands: [oracle_similarity(unshare(x), target) for x in c])
         best = max(range(n), key=lambda i: (sims[i], -i))
-        rows.append(
-            [n, ms(t_oracle), ms(first), ms(warm), t_oracle / warm, ranked[0][0] == best]
-        )
-    headers = ["candidates", "oracle loop ms", "rank first ms", "rank warm ms", "x oracle", "same best"]
+        rows.append([n, ms(t_oracle), ms(first), ms(warm), t_oracle / warm, ranked[0][0] == best])
+    headers = [
+        "candidates",
+        "oracle loop ms",
+        "rank first ms",
+        "rank warm ms",
+        "x oracle",
+        "same best",
+    ]
+    return table(headers, rows)
+
+
+def variants(zoo: dict[str, list], quick: bool) -> str:
+    """The other matchers on zoo pairs; flat against its plain-Python oracle."""
+    from test_matchers import flat_oracle
+
+    from dpiat_jax import matchers
+
+    rows = []
+    for s_name, d_name in VARIANT_PAIRS:
+        if s_name not in zoo or d_name not in zoo:
+            continue
+        src, dst = zoo[s_name], zoo[d_name]
+        for name in ("flat", "bipartite", "nested-bipartite", "random"):
+            call = functools.partial(matchers.align, src, dst, matcher=name)
+            first, result = once(call)
+            warm = median_time(call, 3)
+            oracle = agrees = float("nan")
+            if name == "flat" and count_leaves(src) * count_leaves(dst) <= 80_000:
+                oracle, (_, pairs) = once(functools.partial(flat_oracle, src, dst))
+                agrees = pairs == result.pairs
+            cold = fresh = float("nan")
+            if name == "flat" and not quick:
+                fresh, cold = fresh_process_times(src, dst, "auto", "flat")
+            rows.append(
+                [
+                    f"{s_name} -> {d_name}",
+                    name,
+                    ms(oracle),
+                    ms(warm),
+                    oracle / warm,
+                    ms(first),
+                    ms(cold),
+                    ms(fresh),
+                    {True: "yes", False: "NO"}.get(agrees, "-"),
+                ]
+            )
+    headers = [
+        "pair",
+        "matcher",
+        "oracle ms",
+        "warm ms",
+        "x oracle",
+        "first in process ms",
+        "cold ms",
+        "first-ever ms",
+        "same result",
+    ]
     return table(headers, rows)
 
 
@@ -198,6 +261,7 @@ def main() -> None:
     ]
     synth_table, synth_rows = alignment_rows(synth, fresh=not args.quick)
     rank_table = ranking(zoo, args.quick)
+    variant_table = variants(zoo, args.quick)
     scaling_plot(synth_rows, os.path.join(args.out, "scaling.png"))
 
     report = "\n\n".join(
@@ -206,6 +270,7 @@ def main() -> None:
             "### Alignment (dp) on zoo architectures\n\n" + zoo_table,
             "### Alignment (dp) on synthetic trees\n\n" + synth_table,
             "### Ranking candidate sources (rank_sources vs looping the oracle)\n\n" + rank_table,
+            "### Other matchers (flat against its plain-Python oracle)\n\n" + variant_table,
             f"Total benchmark time: {time.time() - start:.0f} s",
         ]
     )
