@@ -20,6 +20,7 @@ import numpy as np
 from dpiat_jax import inputs, nnx_models
 from dpiat_jax.alignment import alignment_scores
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
+from dpiat_jax.channels import target_channels
 from dpiat_jax.inputs import CallSpec
 from dpiat_jax.layers import Layer, ModuleNode, build_hierarchy, layers, record_calls, trace
 from dpiat_jax.matchers import (
@@ -67,6 +68,7 @@ class _Prepared:
     src_root: ModuleNode
     dst_root: ModuleNode
     dst_variables: dict
+    dst_call: CallSpec | None = None  # None for an NNX target
 
 
 def _trace_source(module, variables, sample_input, kwargs, argname) -> tuple[ModuleNode, Any]:
@@ -154,7 +156,7 @@ def _prepare(src_params, src_def, dst_def, rng, sample_input, call_kwargs):
     dst_call = CallSpec(dst_x, inputs.call_kwargs_for(dst_def, dst_kw))
     rng = jax.random.key(0) if rng is None else rng
     dst_root, fresh = _init_target(dst_def, dst_call, rng)
-    return _Prepared(src_root, dst_root, fresh), is_vars, frozen
+    return _Prepared(src_root, dst_root, fresh, dst_call), is_vars, frozen
 
 
 def _nonempty(tree: list, argname: str) -> None:
@@ -237,11 +239,15 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options: 
         sim = float("nan")  # no similarity is defined for this matcher
     pairs = layer_pairs(result, src_blocks, dst_blocks)
     _check_finite(pairs, options.on_nonfinite)
+    rule = get_tensor_rule(options.tensor_rule)
+    channels = None  # which target dimensions share channels, for rules that select them
+    if prepared.dst_call is not None:
+        call = prepared.dst_call
+        channels = target_channels(
+            rule, dst_def, prepared.dst_variables, call.sample_input, call.kwargs
+        )
     new_vars, written, skipped = write_tensors(
-        pairs,
-        prepared.dst_variables,
-        get_tensor_rule(options.tensor_rule),
-        jax.random.fold_in(rng, 2),
+        pairs, prepared.dst_variables, rule, jax.random.fold_in(rng, 2), channels=channels
     )
     report = build_report(
         pairs,

@@ -10,11 +10,31 @@ The rules of design.md, selectable by name (:data:`TENSOR_RULES`, :func:`get_ten
 largest-L1 channels when shrinking, source at the start when growing), ``full`` (every
 target position filled from a source position, random ones outside the centre) and
 ``uniform`` (evenly spaced source positions when shrinking).
+
+Channel-consistent rules. A rule that keeps a *subset* of channels may also carry two
+attributes, which :func:`dpiat_jax.variables.write_tensors` uses to keep one subset per
+channel space of the target (:mod:`dpiat_jax.channels`):
+
+* ``rule.select_channels(members, b) -> indices``: ``members`` are ``(source array,
+  dimension)`` pairs that rank one channel space (the output dimensions of its
+  producing kernels); returns the ``b`` source indices to keep (int array, in order);
+* ``rule.apply_channels(src, dst, rng, channel_axes, selections) -> array``: the rule
+  with the target's channel dimensions ``channel_axes`` known and, for the shrinking
+  ones, the source indices to keep (``selections``: dimension -> indices).
+
+``magnitude`` and ``uniform`` have both; ``clip`` and ``full`` (contiguous centres, or
+positions drawn per tensor) and plain user functions have neither and are applied per
+tensor as they are.
+
+Positional embeddings (:func:`resize_positional`) are resized over their patch grid by
+interpolation before any rule sees them; that is a property of the tensor, so it holds
+for every rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,7 +48,12 @@ __all__ = [
     "magnitude",
     "full",
     "uniform",
+    "uniform_indices",
     "centre_slices",
+    "channel_norms",
+    "positional_grid",
+    "is_positional_embedding",
+    "resize_positional",
     "TENSOR_RULES",
     "get_tensor_rule",
     "tensor_rule_name",
@@ -107,6 +132,32 @@ def _top_channels(src: jax.Array, axis: int, keep: int) -> jax.Array:
     return jnp.sort(idx)
 
 
+def _magnitude_core(
+    src: jax.Array,
+    dst: jax.Array,
+    channel_axes: Sequence[int],
+    selections: Mapping[int, jax.Array],
+) -> jax.Array:
+    """Magnitude with given selections: shrinking dimensions in ``selections`` take
+    those source indices; other shrinking ``channel_axes`` (in order) keep their
+    largest-L1 channels; growing channel dimensions put the source at the start; every
+    other dimension follows clip."""
+    src = jnp.asarray(src)
+    for axis in sorted(selections):
+        src = jnp.take(src, selections[axis], axis=axis)
+    for axis in channel_axes:
+        a, b = src.shape[axis], dst.shape[axis]
+        if axis not in selections and a > b:
+            src = jnp.take(src, _top_channels(src, axis, b), axis=axis)
+    src_slices, dst_slices = centre_slices(tuple(src.shape), tuple(dst.shape))
+    src_slices, dst_slices = list(src_slices), list(dst_slices)
+    for axis in channel_axes:
+        a, b = src.shape[axis], dst.shape[axis]
+        src_slices[axis] = slice(None)
+        dst_slices[axis] = slice(0, a) if a < b else slice(None)
+    return _place(src[tuple(src_slices)], dst, tuple(dst_slices))
+
+
 def magnitude(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     """Channel selection by magnitude (design.md, "Other tensor rules").
 
@@ -117,8 +168,14 @@ def magnitude(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     dimension keeps the largest-L1 input channels among the kept outputs; kept channels
     stay in their original order. A growing channel dimension puts the source at the
     start (the rest keeps ``dst``'s values). Spatial dimensions (all before the last
-    two) follow the clip rule. Each tensor is ranked on its own, so a bias keeps its own
-    largest entries, not necessarily its kernel's kept channels.
+    two) follow the clip rule.
+
+    Called on its own, each tensor is ranked on its own. In a transfer the rule is
+    channel-consistent (:attr:`magnitude.select_channels`,
+    :attr:`magnitude.apply_channels`, :mod:`dpiat_jax.channels`): the output channels
+    kept for a layer's kernel are also kept in its bias, the norm after it and the
+    next layer's input dimension, and every dimension the target's data flow marks as
+    a channel dimension (heads, embeddings, the residual stream) is treated as one.
     """
     del rng
     _check_ranks("magnitude", src, dst)
@@ -127,17 +184,47 @@ def magnitude(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     if nd == 0:
         return src.astype(dst.dtype)
     channel_axes = [nd - 1] if nd == 1 else [nd - 1, nd - 2]  # output first, then input
-    for axis in channel_axes:
-        a, b = src.shape[axis], dst.shape[axis]
-        if a > b:
-            src = jnp.take(src, _top_channels(src, axis, b), axis=axis)
-    src_slices, dst_slices = centre_slices(tuple(src.shape), tuple(dst.shape))
-    src_slices, dst_slices = list(src_slices), list(dst_slices)
-    for axis in channel_axes:
-        a, b = src.shape[axis], dst.shape[axis]
-        src_slices[axis] = slice(None)
-        dst_slices[axis] = slice(0, a) if a < b else slice(None)
-    return _place(src[tuple(src_slices)], dst, tuple(dst_slices))
+    return _magnitude_core(src, dst, channel_axes, {})
+
+
+def channel_norms(src: jax.Array, axis: int) -> jax.Array:
+    """The L1 norm of every channel along ``axis`` over all other dimensions (float32)."""
+    others = tuple(d for d in range(src.ndim) if d != axis)
+    return jnp.sum(jnp.abs(jnp.asarray(src).astype(jnp.float32)), axis=others)
+
+
+def _magnitude_select(members: Sequence[tuple[jax.Array, int]], b: int) -> jax.Array:
+    """The ``b`` channels to keep of one channel space, in order: the largest L1 norms
+    of one producer, or of the sum over several producers of each one's norms divided
+    by their mean (so every producer counts alike)."""
+    if len(members) == 1:
+        scores = channel_norms(*members[0])
+    else:
+        scores = sum(
+            n / jnp.maximum(jnp.mean(n), jnp.finfo(jnp.float32).tiny)
+            for n in (channel_norms(t, axis) for t, axis in members)
+        )
+    _, idx = lax.top_k(scores, b)
+    return jnp.sort(idx)
+
+
+def _magnitude_apply(
+    src: jax.Array,
+    dst: jax.Array,
+    rng: Any,
+    channel_axes: Sequence[int],
+    selections: Mapping[int, jax.Array],
+) -> jax.Array:
+    del rng
+    _check_ranks("magnitude", src, dst)
+    src = jnp.asarray(src)
+    if src.ndim == 0:
+        return src.astype(dst.dtype)
+    return _magnitude_core(src, dst, list(channel_axes), selections)
+
+
+magnitude.select_channels = _magnitude_select
+magnitude.apply_channels = _magnitude_apply
 
 
 def full(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
@@ -174,14 +261,35 @@ def uniform_indices(a: int, b: int) -> np.ndarray:
 def uniform(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     """Like clip, but a shrinking dimension takes evenly spaced source positions
     (:func:`uniform_indices`, the ends included) instead of its centre; a growing
-    dimension puts the source at the centre as in clip."""
-    del rng
+    dimension puts the source at the centre as in clip.
+
+    The positions depend only on the two sizes, so the rule is channel-consistent by
+    construction; in a transfer it goes through the same selection mechanism as
+    :func:`magnitude` (with identical results)."""
+    return _uniform_apply(src, dst, rng, (), {})
+
+
+def _uniform_select(members: Sequence[tuple[jax.Array, int]], b: int) -> jax.Array:
+    src, axis = members[0]
+    return jnp.asarray(uniform_indices(src.shape[axis], b))
+
+
+def _uniform_apply(
+    src: jax.Array,
+    dst: jax.Array,
+    rng: Any,
+    channel_axes: Sequence[int],
+    selections: Mapping[int, jax.Array],
+) -> jax.Array:
+    del rng, channel_axes
     _check_ranks("uniform", src, dst)
     src = jnp.asarray(src)
     dst_slices = []
     for axis, (a, b) in enumerate(zip(src.shape, dst.shape)):
         if a > b:
-            src = jnp.take(src, jnp.asarray(uniform_indices(a, b)), axis=axis)
+            idx = selections.get(axis)
+            idx = jnp.asarray(uniform_indices(a, b)) if idx is None else idx
+            src = jnp.take(src, idx, axis=axis)
             dst_slices.append(slice(None))
         elif a < b:
             start = (b - a) // 2
@@ -189,6 +297,85 @@ def uniform(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
         else:
             dst_slices.append(slice(None))
     return _place(src, dst, tuple(dst_slices))
+
+
+uniform.select_channels = _uniform_select
+uniform.apply_channels = _uniform_apply
+
+
+# ----------------------------------------------------------------------------------
+# Positional embeddings: resized over the patch grid (for every rule).
+
+
+def positional_grid(tokens: int) -> tuple[int, bool] | None:
+    """``(grid side, has a class token)`` for a token count ``grid**2`` or
+    ``grid**2 + 1``; None for anything else (and for fewer than 2 tokens)."""
+    if tokens < 2:
+        return None
+    side = math.isqrt(tokens)
+    if side * side == tokens:
+        return side, False
+    side = math.isqrt(tokens - 1)
+    if side * side == tokens - 1:
+        return side, True
+    return None
+
+
+def is_positional_embedding(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether a tensor is a positional embedding that :func:`resize_positional` may
+    resize: its name (tensor name or owning module name) contains ``pos`` (but not as
+    part of ``transpose``, ``compose`` or ``purpose``) and it is shaped ``(1, T, D)`` or
+    ``(T, D)``."""
+    lowered = name.lower()
+    for word in ("transpose", "compose", "purpose"):
+        lowered = lowered.replace(word, "")
+    if "pos" not in lowered:
+        return False
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)
+
+
+def resize_positional(
+    src: jax.Array, dst_shape: tuple[int, ...], method: str = "bilinear"
+) -> tuple[jax.Array, bool] | None:
+    """Resizes a positional embedding over its patch grid.
+
+    ``src`` is ``(1, T, D)`` or ``(T, D)``; ``dst_shape`` the target's shape of the same
+    rank. The token counts are read as a square grid, plus a class token in the first
+    row when the count is a square plus one (:func:`positional_grid`). The source grid
+    ``(g_src, g_src, D)`` is resized to ``(g_dst, g_dst, D)`` with
+    ``jax.image.resize(method)`` (bilinear, antialiased when shrinking), in float32 and
+    cast back; a class-token row present on both sides is copied, one present only in
+    the source is dropped. ``D`` is left to the tensor rule.
+
+    Returns ``(resized source with the target's token count, keep_first_row)`` where
+    ``keep_first_row`` says the target has a class token the source lacks (its row
+    keeps the target's fresh values), or None when nothing is to be resized (equal
+    token counts, or counts that are not grids). Static shapes only: jit-compatible.
+
+    Limits: the grid is assumed square and the class token first; a 1-D sequence
+    embedding whose lengths happen to be squares (256 -> 1024) is resized as a grid.
+    """
+    axis = src.ndim - 2
+    t_src, t_dst = src.shape[axis], dst_shape[axis]
+    if t_src == t_dst:
+        return None
+    grid_src, grid_dst = positional_grid(t_src), positional_grid(t_dst)
+    if grid_src is None or grid_dst is None:
+        return None
+    (g_src, cls_src), (g_dst, cls_dst) = grid_src, grid_dst
+    x = jnp.asarray(src)
+    x = x[0] if x.ndim == 3 else x
+    d = x.shape[-1]
+    grid = x[1:] if cls_src else x
+    grid = grid.astype(jnp.float32).reshape(g_src, g_src, d)
+    grid = jax.image.resize(grid, (g_dst, g_dst, d), method=method)
+    out = grid.reshape(g_dst * g_dst, d).astype(x.dtype)
+    if cls_dst:
+        first = x[:1] if cls_src else jnp.zeros((1, d), x.dtype)
+        out = jnp.concatenate([first, out], axis=0)
+    if src.ndim == 3:
+        out = out[None]
+    return out, cls_dst and not cls_src
 
 
 #: The tensor rules selectable by name.
