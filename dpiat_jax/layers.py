@@ -255,22 +255,54 @@ def build_hierarchy(calls: list[_Call], variables: Mapping[str, Any]) -> ModuleN
     return root
 
 
+def _input_spec(args: tuple) -> tuple | None:
+    """A hashable description of the inputs' shapes and dtypes (None if not arrays)."""
+    leaves, treedef = jax.tree.flatten(args)
+    if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
+        return None
+    return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _abstract_trace(module: nn.Module, spec: tuple, kwargs: tuple) -> tuple[Any, list[_Call]]:
+    """The abstract init and the call order of a module for an input description.
+
+    Both depend only on the module's configuration and the inputs' shapes and dtypes,
+    so repeated transfers from one source architecture trace it once.
+    """
+    treedef, shapes = spec
+    args = jax.tree.unflatten(
+        treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+    )
+    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    init = functools.partial(module.init, **dict(kwargs))  # flags stay static under tracing
+    return record_calls(jax.eval_shape, init, rngs, *args)
+
+
 def trace(
     module: nn.Module,
     variables: Mapping[str, Any] | None,
     args: tuple,
     kwargs: Mapping[str, Any],
-    rngs: Any = None,
 ) -> tuple[ModuleNode, Any]:
     """Runs ``module.init`` abstractly and returns ``(hierarchy, abstract variables)``.
 
     The hierarchy holds ``variables`` when given (the caller's arrays, never copied),
-    otherwise the abstract ``jax.ShapeDtypeStruct`` leaves of the init.
+    otherwise the abstract ``jax.ShapeDtypeStruct`` leaves of the init. Traces are
+    cached by module configuration, input shapes and keyword arguments.
     """
-    if rngs is None:
+    spec = _input_spec(args)
+    try:
+        key = (module, spec, tuple(sorted(kwargs.items())))
+        hash(key)
+    except TypeError:  # an unhashable module or keyword value: trace without the cache
+        key = None
+    if key is None or spec is None:
         rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    init = functools.partial(module.init, **kwargs)  # keyword flags stay static under tracing
-    abstract, calls = record_calls(jax.eval_shape, init, rngs, *args)
+        init = functools.partial(module.init, **kwargs)
+        abstract, calls = record_calls(jax.eval_shape, init, rngs, *args)
+    else:
+        abstract, calls = _abstract_trace(*key)
     return build_hierarchy(calls, abstract if variables is None else variables), abstract
 
 

@@ -95,10 +95,18 @@ def clip(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     if src.ndim != dst.ndim:
         raise ValueError(f"clip needs tensors of equal rank, got {src.shape} and {dst.shape}.")
     src_slices, dst_slices = centre_slices(tuple(src.shape), tuple(dst.shape))
-    piece = jnp.asarray(src[src_slices]).astype(dst.dtype)
+    src = jnp.asarray(src)
+    starts = [sl.start or 0 for sl in src_slices]
+    if any(starts) or any(sl.stop is not None for sl in src_slices):
+        limits = [
+            sl.stop if sl.stop is not None else size for sl, size in zip(src_slices, src.shape)
+        ]
+        src = lax.slice(src, starts, limits)
+    piece = src if src.dtype == dst.dtype else src.astype(dst.dtype)
     if piece.shape == tuple(dst.shape):
         return piece
-    return jnp.asarray(dst).at[dst_slices].set(piece)
+    offsets = [sl.start or 0 for sl in dst_slices]
+    return lax.dynamic_update_slice(jnp.asarray(dst), piece, offsets)
 
 
 def _check_ranks(name: str, src: Any, dst: Any) -> None:
