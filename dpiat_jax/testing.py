@@ -1,0 +1,830 @@
+"""Random Flax architectures for fuzzing transfers (tests, NAS experiments).
+
+:func:`random_architecture` draws a linen module from a small grammar of network parts:
+
+- convolutions (1x1 or 3x3, sometimes strided, grouped or depthwise), dense layers;
+- norms: BatchNorm (driven by the model's ``train`` flag), LayerNorm, GroupNorm, RMSNorm;
+- residual blocks (a 1x1 projection on the shortcut when the body changes the shape),
+  plain nested blocks (submodules containing submodules, often repeated identically
+  as in real networks), multi-head self-attention over the image's pixels as tokens;
+- placeholders: Dropout and parameter-free custom modules (activations, pooling);
+  plain function calls (``nn.relu``) that leave no module behind;
+- pseudo-layers: a module owning a ``self.param`` beside its submodules (a positional
+  embedding or a layer scale), and custom parametrised leaf modules;
+- a dense layer called twice (weight sharing); submodules defined in ``setup`` as lists
+  and called in another order than defined (up to twelve, so ``dense_10`` sorts
+  before ``dense_2``);
+- some layers with ``bfloat16`` parameters.
+
+An architecture is described by an :class:`ArchConfig`, a frozen (hashable) dataclass
+tree of operations, held by the :class:`RandomNet` module as its one field; the config
+also fixes the input shape (``(1, H, W, C)`` with ``H = W`` in 8 or 16, so inits are
+fast). Every operation adapts to the shape it receives (groups, projections), so any
+sequence of operations is a valid network, which :func:`mutate` uses to derive related
+architectures (wider, deeper, a layer more or less), the pairs that transfers meet in
+practice.
+
+Example::
+
+    from dpiat_jax import testing
+    src, dst = testing.random_architecture(0), testing.random_architecture(1)
+    x = testing.random_input(src)  # both take the same input when made with
+    # testing.random_architecture(1, input_shape=src.config.input_shape)
+
+:func:`deep_model` builds a large synthetic model (thousands of small layers in nested
+blocks) for scale tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import unfreeze
+
+__all__ = [
+    "ConvOp",
+    "DenseOp",
+    "NormOp",
+    "DropoutOp",
+    "FnOp",
+    "AttentionOp",
+    "BlockOp",
+    "ResidualOp",
+    "ParamOp",
+    "TiedOp",
+    "SetupOp",
+    "ArchConfig",
+    "RandomNet",
+    "random_config",
+    "random_architecture",
+    "random_input",
+    "random_variables",
+    "mutate",
+    "num_layers",
+    "DeepNet",
+    "deep_model",
+]
+
+WIDTHS = (4, 8, 12, 16, 24, 32, 48, 64)
+FUNCTIONS = ("relu", "gelu", "silu", "tanh", "avg_pool", "max_pool", "identity")
+NORMS = ("batch", "layer", "group", "rms")
+
+
+# ----------------------------------------------------------------------------------
+# The grammar: operations as frozen dataclasses.
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvOp:
+    """A 2D convolution (``SAME`` padding). ``depthwise`` uses one group per input
+    channel (and as many output channels); otherwise the feature group count is
+    ``gcd(groups, in_channels, features)``."""
+
+    features: int
+    kernel: int = 3
+    strides: int = 1
+    groups: int = 1
+    depthwise: bool = False
+    use_bias: bool = True
+    param_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseOp:
+    """A dense layer on the channel axis."""
+
+    features: int
+    use_bias: bool = True
+    param_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class NormOp:
+    """A norm: ``"batch"`` (running statistics unless training), ``"layer"``,
+    ``"group"`` (``gcd(groups, channels)`` groups) or ``"rms"``."""
+
+    kind: str
+    groups: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DropoutOp:
+    """A Dropout module (a placeholder: no parameters)."""
+
+    rate: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class FnOp:
+    """A parameter-free function (see ``FUNCTIONS``): a :class:`Fn` module (a
+    placeholder) when ``as_module``, else a plain call that leaves no module."""
+
+    fn: str
+    as_module: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOp:
+    """Self-attention over the ``H * W`` pixels as tokens, added to its input.
+    ``wrapped`` puts it in its own :class:`TokenMixer` module."""
+
+    num_heads: int = 2
+    head_dim: int = 4
+    wrapped: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOp:
+    """A nested :class:`Block` module running ``body`` in order."""
+
+    body: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualOp:
+    """A :class:`Residual` module: ``body(x) + shortcut(x)``; the shortcut is a 1x1
+    conv (with a norm when ``shortcut_norm``) whenever the body changes the shape."""
+
+    body: tuple = ()
+    shortcut_norm: str | None = "batch"
+    shortcut_first: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamOp:
+    """A :class:`ParamOwner` module with a ``self.param`` beside its body's submodules:
+    ``"pos"`` (an embedding added before the body) or ``"scale"`` (a per-channel scale
+    after it). With an empty body it is a custom parametrised leaf layer."""
+
+    body: tuple = ()
+    kind: str = "scale"
+
+
+@dataclasses.dataclass(frozen=True)
+class TiedOp:
+    """One dense layer (as many features as its input has channels) called twice:
+    weight sharing."""
+
+    use_bias: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SetupOp:
+    """A :class:`SetupStack` module: (Dense, LayerNorm) pairs defined in ``setup`` as
+    lists and called in list order, or in reverse when ``reverse`` (call order then
+    differs from definition order; with ten or more, ``dense_10`` sorts before
+    ``dense_2``)."""
+
+    features: tuple = (8,)
+    reverse: bool = False
+
+
+Op = Union[  # noqa: UP007 - a runtime alias
+    ConvOp,
+    DenseOp,
+    NormOp,
+    DropoutOp,
+    FnOp,
+    AttentionOp,
+    TiedOp,
+    SetupOp,
+    BlockOp,
+    ResidualOp,
+    ParamOp,
+]
+CONTAINERS = (BlockOp, ResidualOp, ParamOp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    """A whole architecture: its input shape ``(N, H, W, C)``, the operations of its
+    body and the classifier (global mean pooling and a dense layer; none when
+    ``num_classes`` is 0)."""
+
+    input_shape: tuple[int, ...]
+    body: tuple = ()
+    num_classes: int = 10
+
+
+# ----------------------------------------------------------------------------------
+# The modules.
+
+
+def _dtype(name: str) -> Any:
+    return jnp.dtype(name)
+
+
+def _pool(kind: str, x: jax.Array) -> jax.Array:
+    window = min(2, x.shape[1], x.shape[2])
+    pool = nn.avg_pool if kind == "avg_pool" else nn.max_pool
+    return pool(x, (window, window), strides=(window, window))
+
+
+def _function(name: str, x: jax.Array) -> jax.Array:
+    if name in ("avg_pool", "max_pool"):
+        return _pool(name, x)
+    if name == "identity":
+        return x
+    return getattr(nn, name)(x)
+
+
+class Fn(nn.Module):
+    """A parameter-free module applying a function of ``FUNCTIONS``."""
+
+    fn: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _function(self.fn, x)
+
+
+def _norm(op: NormOp, channels: int, train: bool) -> nn.Module:
+    if op.kind == "batch":
+        return nn.BatchNorm(use_running_average=not train)
+    if op.kind == "layer":
+        return nn.LayerNorm()
+    if op.kind == "group":
+        return nn.GroupNorm(num_groups=math.gcd(max(op.groups, 1), channels))
+    if op.kind == "rms":
+        return nn.RMSNorm()
+    raise ValueError(f"Unknown norm kind {op.kind!r}; use one of {NORMS}.")
+
+
+def _attention(op: AttentionOp, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    tokens = x.reshape(n, h * w, c)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=op.num_heads, qkv_features=op.num_heads * op.head_dim
+    )(tokens)
+    return x + y.reshape(x.shape)
+
+
+class TokenMixer(nn.Module):
+    """Self-attention over pixels as its own module (see :class:`AttentionOp`)."""
+
+    op: AttentionOp
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _attention(self.op, x)
+
+
+def _apply(op: Op, x: jax.Array, train: bool) -> jax.Array:
+    """Runs one operation; must be called inside a compact method (submodules created
+    here belong to the calling module)."""
+    c = x.shape[-1]
+    if isinstance(op, ConvOp):
+        if op.depthwise:
+            groups, features = c, c
+        else:
+            groups, features = math.gcd(max(op.groups, 1), c, op.features), op.features
+        return nn.Conv(
+            features,
+            (op.kernel, op.kernel),
+            strides=(op.strides, op.strides),
+            feature_group_count=groups,
+            use_bias=op.use_bias,
+            param_dtype=_dtype(op.param_dtype),
+        )(x)
+    if isinstance(op, DenseOp):
+        return nn.Dense(op.features, use_bias=op.use_bias, param_dtype=_dtype(op.param_dtype))(x)
+    if isinstance(op, NormOp):
+        return _norm(op, c, train)(x)
+    if isinstance(op, DropoutOp):
+        return nn.Dropout(op.rate, deterministic=not train)(x)
+    if isinstance(op, FnOp):
+        return Fn(op.fn)(x) if op.as_module else _function(op.fn, x)
+    if isinstance(op, AttentionOp):
+        return TokenMixer(op)(x) if op.wrapped else _attention(op, x)
+    if isinstance(op, TiedOp):
+        dense = nn.Dense(c, use_bias=op.use_bias)
+        return dense(nn.relu(dense(x)))
+    if isinstance(op, SetupOp):
+        return SetupStack(op.features, op.reverse)(x)
+    if isinstance(op, BlockOp):
+        return Block(op.body)(x, train)
+    if isinstance(op, ResidualOp):
+        return Residual(op.body, op.shortcut_norm, op.shortcut_first)(x, train)
+    if isinstance(op, ParamOp):
+        return ParamOwner(op.body, op.kind)(x, train)
+    raise TypeError(f"Unknown operation {op!r}.")
+
+
+def _apply_all(ops: Sequence[Op], x: jax.Array, train: bool) -> jax.Array:
+    for op in ops:
+        x = _apply(op, x, train)
+    return x
+
+
+class SetupStack(nn.Module):
+    """(Dense, LayerNorm) pairs created in ``setup``; see :class:`SetupOp`."""
+
+    features: tuple
+    reverse: bool = False
+
+    def setup(self) -> None:
+        self.dense = [nn.Dense(f) for f in self.features]
+        self.norm = [nn.LayerNorm() for _ in self.features]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        order = range(len(self.features))
+        for i in reversed(order) if self.reverse else order:
+            x = self.norm[i](self.dense[i](x))
+        return x
+
+
+class Block(nn.Module):
+    """A nested block: its operations in order."""
+
+    body: tuple
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return _apply_all(self.body, x, train)
+
+
+class Residual(nn.Module):
+    """``body(x) + shortcut(x)``; see :class:`ResidualOp`."""
+
+    body: tuple
+    shortcut_norm: str | None = "batch"
+    shortcut_first: bool = False
+
+    def _shortcut(self, x: jax.Array, out_shape: tuple, train: bool) -> jax.Array:
+        if tuple(x.shape) == tuple(out_shape):
+            return x
+        stride = max(1, x.shape[1] // out_shape[1])
+        x = nn.Conv(out_shape[-1], (1, 1), strides=(stride, stride), use_bias=False)(x)
+        if self.shortcut_norm:
+            x = _norm(NormOp(self.shortcut_norm), out_shape[-1], train)(x)
+        return x
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.shortcut_first:  # the shortcut's layers come first in call order
+            channels, size = _out_shape(BlockOp(self.body), x.shape[-1], x.shape[1])
+            shortcut = self._shortcut(x, (x.shape[0], size, size, channels), train)
+            return _apply_all(self.body, x, train) + shortcut
+        y = _apply_all(self.body, x, train)
+        return y + self._shortcut(x, y.shape, train)
+
+
+class ParamOwner(nn.Module):
+    """A module owning a parameter beside its submodules (see :class:`ParamOp`)."""
+
+    body: tuple
+    kind: str = "scale"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.kind == "pos":
+            pos = self.param("pos_embedding", nn.initializers.normal(0.02), x.shape[1:])
+            return _apply_all(self.body, x + pos, train)
+        y = _apply_all(self.body, x, train)
+        gamma = self.param("gamma", nn.initializers.constant(0.1), (y.shape[-1],))
+        return y * gamma
+
+
+class RandomNet(nn.Module):
+    """A network described by an :class:`ArchConfig` (``train`` drives BatchNorm and
+    Dropout)."""
+
+    config: ArchConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = _apply_all(self.config.body, x, train)
+        if self.config.num_classes:
+            x = nn.Dense(self.config.num_classes)(x.mean(axis=(1, 2)))
+        return x
+
+
+# ----------------------------------------------------------------------------------
+# Drawing configurations.
+
+
+def _generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+@dataclasses.dataclass
+class _State:
+    channels: int
+    size: int  # H = W
+    budget: int  # parametrised layers still allowed
+
+
+class _Drawer:
+    def __init__(self, rng, max_depth, max_width, max_len, max_layers, widths=None, pool=True):
+        self.rng = rng
+        self.pool = pool
+        self.max_depth = max_depth
+        self.max_len = max_len
+        widths = WIDTHS if widths is None else tuple(int(w) for w in widths)
+        self.widths = [w for w in widths if w <= max_width] or [max(1, max_width)]
+        self.budget = max_layers
+
+    def width(self, current: int) -> int:
+        if current in self.widths and self.rng.random() < 0.4:
+            return current
+        return int(self.rng.choice(self.widths))
+
+    def leaf(self, s: _State) -> Op:
+        r = self.rng
+        kinds = ["conv", "dense", "norm", "dropout", "fn", "attention", "param_leaf", "tied"]
+        kinds.append("setup")
+        weights = [30, 8, 22, 5, 12, 4, 3, 2, 2]
+        kind = r.choice(kinds, p=np.array(weights) / sum(weights))
+        if kind == "conv":
+            strides = 2 if self.pool and s.size >= 4 and r.random() < 0.15 else 1
+            kernel = int(r.choice([1, 3]))
+            dtype = "bfloat16" if r.random() < 0.08 else "float32"
+            if s.channels > 1 and r.random() < 0.15:
+                op = ConvOp(s.channels, 3, strides, depthwise=True, param_dtype=dtype)
+            else:
+                features = self.width(s.channels)
+                groups = 1
+                if r.random() < 0.12:
+                    groups = int(r.choice([2, 4]))
+                use_bias = bool(r.random() < 0.7)
+                op = ConvOp(features, kernel, strides, groups, False, use_bias, dtype)
+                s.channels = features
+            s.size = -(-s.size // strides)
+            s.budget -= 1
+            return op
+        if kind == "dense":
+            features = self.width(s.channels)
+            dtype = "bfloat16" if r.random() < 0.08 else "float32"
+            s.channels = features
+            s.budget -= 1
+            return DenseOp(features, bool(r.random() < 0.8), dtype)
+        if kind == "norm":
+            s.budget -= 1
+            return NormOp(str(r.choice(NORMS)), int(r.choice([1, 2, 4, 8])))
+        if kind == "dropout":
+            return DropoutOp(float(r.choice([0.0, 0.1, 0.5])))
+        if kind == "fn":
+            fns = [f for f in FUNCTIONS if self.pool or not f.endswith("_pool")]
+            fn = str(r.choice(fns))
+            if fn in ("avg_pool", "max_pool"):
+                s.size = max(1, s.size // 2) if s.size >= 2 else s.size
+            return FnOp(fn, bool(r.random() < 0.6))
+        if kind == "attention":
+            s.budget -= 4
+            heads = int(r.choice([1, 2, 4]))
+            return AttentionOp(heads, int(r.choice([2, 4, 8])), bool(r.random() < 0.5))
+        if kind == "tied":
+            s.budget -= 1
+            return TiedOp(bool(r.random() < 0.7))
+        if kind == "setup":
+            n = int(r.choice([2, 3, 12]))
+            features = tuple(self.width(s.channels) for _ in range(n))
+            op = SetupOp(features, bool(r.random() < 0.5))
+            s.channels = _out_shape(op, s.channels, s.size)[0]
+            s.budget -= 2 * n
+            return op
+        s.budget -= 1
+        return ParamOp((), "scale")
+
+    def container(self, s: _State, depth: int) -> Op:
+        r = self.rng
+        kind = r.choice(["block", "residual", "param"], p=[0.42, 0.42, 0.16])
+        length = int(r.integers(1, self.max_len + 1))
+        body = tuple(self.ops(s, depth + 1, length))
+        if kind == "block":
+            return BlockOp(body)
+        if kind == "residual":
+            norm = r.choice(["batch", "layer", "none"], p=[0.5, 0.2, 0.3])
+            return ResidualOp(body, None if norm == "none" else str(norm), bool(r.random() < 0.2))
+        return ParamOp(body, str(r.choice(["pos", "scale"])))
+
+    def ops(self, s: _State, depth: int, length: int) -> list[Op]:
+        out: list[Op] = []
+        while len(out) < length and s.budget > 0:
+            if depth < self.max_depth and self.rng.random() < 0.35:
+                op = self.container(s, depth)  # leaves ``s`` at the container's output
+                out.append(op)
+                if self.rng.random() < 0.4:  # identical copies, as in ResNet stages
+                    for _ in range(int(self.rng.integers(1, 3))):
+                        out.append(op)
+                        s.channels, s.size = _out_shape(op, s.channels, s.size)
+                        s.budget -= _count(op)
+            else:
+                out.append(self.leaf(s))
+        return out
+
+
+def _count(op: Op) -> int:
+    """Parametrised layers an operation creates (attention counts 4)."""
+    if isinstance(op, (ConvOp, DenseOp, NormOp, TiedOp)):
+        return 1
+    if isinstance(op, SetupOp):
+        return 2 * len(op.features)
+    if isinstance(op, AttentionOp):
+        return 4
+    if isinstance(op, CONTAINERS):
+        own = 1 if isinstance(op, ParamOp) else 0
+        extra = 2 if isinstance(op, ResidualOp) else 0  # a possible projection and its norm
+        return own + extra + sum(_count(o) for o in op.body)
+    return 0
+
+
+def _out_shape(op: Op, channels: int, size: int) -> tuple[int, int]:
+    """``(channels, size)`` after ``op`` for an input of ``channels`` and ``size``."""
+    if isinstance(op, ConvOp):
+        return (channels if op.depthwise else op.features), -(-size // op.strides)
+    if isinstance(op, DenseOp):
+        return op.features, size
+    if isinstance(op, SetupOp):
+        return (op.features[0] if op.reverse else op.features[-1]), size
+    if isinstance(op, FnOp) and op.fn in ("avg_pool", "max_pool"):
+        return channels, (size // 2 if size >= 2 else size)
+    if isinstance(op, CONTAINERS):
+        for o in op.body:
+            channels, size = _out_shape(o, channels, size)
+    return channels, size
+
+
+def num_layers(config: ArchConfig | RandomNet) -> int:
+    """An upper bound on the parametrised layers of an architecture (a residual counts
+    a possible projection; attention counts its four projections)."""
+    config = config.config if isinstance(config, RandomNet) else config
+    return sum(_count(op) for op in config.body) + (1 if config.num_classes else 0)
+
+
+def random_config(
+    rng: np.random.Generator | int | None = None,
+    *,
+    max_depth: int = 3,
+    max_width: int = 32,
+    max_len: int = 6,
+    max_layers: int = 40,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    widths: Sequence[int] | None = None,
+    downsample: bool = True,
+) -> ArchConfig:
+    """Draws an :class:`ArchConfig` (see the module docstring for the grammar).
+
+    Args:
+      rng: a NumPy generator or a seed.
+      max_depth: the deepest nesting of blocks (1: no nested modules besides
+        attention's own).
+      max_width: the largest channel count a layer is given.
+      max_len: the most operations in one block's body.
+      max_layers: roughly the most parametrised layers (keeps inits fast).
+      input_shape: ``(N, H, W, C)``; drawn (``H = W`` in 8 or 16, ``C`` in 1, 3, 4,
+        ``N = 1``) when None. Give two draws the same one to make a transfer pair.
+      num_classes: the classifier's outputs (0: no classifier); drawn when None.
+      widths: the channel counts layers are drawn from (``WIDTHS`` when None), those
+        up to ``max_width``; a small set keeps the distinct tensor shapes few (eager
+        inits compile once per shape).
+      downsample: whether strided convs and pooling may shrink the image.
+    """
+    r = _generator(rng)
+    if input_shape is None:
+        size = int(r.choice([8, 16]))
+        input_shape = (1, size, size, int(r.choice([1, 3, 4])))
+    if num_classes is None:
+        num_classes = int(r.choice([0, 10, 10, 100]))
+    drawer = _Drawer(r, max_depth, max_width, max_len, max_layers, widths, downsample)
+    state = _State(input_shape[-1], input_shape[1], max_layers)
+    body: list[Op] = []
+    if r.random() < 0.7:  # a stem, as most networks have
+        body.append(ConvOp(drawer.width(16), 3, 1, use_bias=False))
+        state.channels = body[-1].features
+        if r.random() < 0.7:
+            body.append(NormOp(str(r.choice(["batch", "layer", "group"]))))
+        state.budget -= len(body)
+    body.extend(drawer.ops(state, 1, int(r.integers(2, 2 * max_len + 1))))
+    if not any(_count(op) for op in body) and not num_classes:
+        body.append(DenseOp(drawer.width(8)))  # at least one layer with parameters
+    return ArchConfig(tuple(input_shape), tuple(body), num_classes)
+
+
+def random_architecture(
+    rng: np.random.Generator | int | None = None,
+    *,
+    max_depth: int = 3,
+    max_width: int = 32,
+    max_len: int = 6,
+    max_layers: int = 40,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    widths: Sequence[int] | None = None,
+    downsample: bool = True,
+) -> RandomNet:
+    """Draws a random architecture: a :class:`RandomNet` whose ``config`` (an
+    :class:`ArchConfig`) also fixes its input shape (see :func:`random_input`).
+    Arguments as for :func:`random_config`."""
+    return RandomNet(
+        random_config(
+            rng,
+            max_depth=max_depth,
+            max_width=max_width,
+            max_len=max_len,
+            max_layers=max_layers,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            widths=widths,
+            downsample=downsample,
+        )
+    )
+
+
+def random_input(
+    module_or_config: RandomNet | ArchConfig,
+    rng: np.random.Generator | int | None = None,
+    *,
+    batch: int | None = None,
+) -> jax.Array:
+    """An input batch for a generated architecture: zeros, or standard normal values
+    when ``rng`` is given; ``batch`` overrides the config's batch size."""
+    config = getattr(module_or_config, "config", module_or_config)
+    shape = tuple(config.input_shape)
+    if batch is not None:
+        shape = (batch, *shape[1:])
+    if rng is None:
+        return jnp.zeros(shape, jnp.float32)
+    return jnp.asarray(_generator(rng).standard_normal(shape), jnp.float32)
+
+
+def random_variables(
+    module: nn.Module,
+    sample_input: Any,
+    rng: np.random.Generator | int | None = None,
+    **call_kwargs: Any,
+) -> dict:
+    """Variables with the structure, shapes and dtypes of ``module.init`` whose every
+    value is drawn afresh (standard normal; batch variances positive), so that a
+    transferred tensor is told apart from a fresh one. Costs an abstract init only."""
+    abstract = jax.eval_shape(
+        module.init,
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+        sample_input,
+        **call_kwargs,
+    )
+    r = _generator(rng)
+
+    def fill(path, leaf):
+        values = r.standard_normal(leaf.shape)
+        if path and getattr(path[-1], "key", None) == "var":
+            values = np.abs(values) + 0.1
+        return jnp.asarray(values, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, unfreeze(abstract))
+
+
+# ----------------------------------------------------------------------------------
+# Related architectures.
+
+
+def _map_ops(ops: tuple, fn: Callable[[Op], Op]) -> tuple:
+    out = []
+    for op in ops:
+        if isinstance(op, CONTAINERS):
+            op = dataclasses.replace(op, body=_map_ops(op.body, fn))
+        out.append(fn(op))
+    return tuple(out)
+
+
+def _body_paths(ops: tuple, path: tuple = ()) -> list[tuple]:
+    """Index paths of every body (``()``: the top level) in the operation tree."""
+    out = [path]
+    for i, op in enumerate(ops):
+        if isinstance(op, CONTAINERS):
+            out.extend(_body_paths(op.body, path + (i,)))
+    return out
+
+
+def _edit(ops: tuple, path: tuple, fn: Callable[[tuple], tuple]) -> tuple:
+    if not path:
+        return tuple(fn(ops))
+    i, rest = path[0], path[1:]
+    op = ops[i]
+    new = dataclasses.replace(op, body=_edit(op.body, rest, fn))
+    return ops[:i] + (new,) + ops[i + 1 :]
+
+
+def _at(ops: tuple, path: tuple) -> tuple:
+    for i in path:
+        ops = ops[i].body
+    return ops
+
+
+def mutate(
+    config: ArchConfig | RandomNet, rng: np.random.Generator | int | None = None, steps: int = 1
+) -> ArchConfig | RandomNet:
+    """A related architecture: ``steps`` random edits, each one of widen or narrow
+    every conv/dense layer, repeat an element of a body (deeper), delete one, insert a
+    random layer, or flip a kernel size. Returns the type it was given (a config or a
+    module); the input shape never changes."""
+    if isinstance(config, RandomNet):
+        return RandomNet(mutate(config.config, rng, steps))
+    r = _generator(rng)
+    body = config.body
+    for _ in range(steps):
+        edit = r.choice(["widen", "narrow", "deepen", "delete", "insert", "kernel"])
+        paths = _body_paths(body)
+        path = paths[int(r.integers(len(paths)))]
+        length = len(_at(body, path))
+        if edit in ("widen", "narrow"):
+            factor = 2.0 if edit == "widen" else 0.5
+
+            def scale(op, factor=factor):
+                if isinstance(op, (ConvOp, DenseOp)) and not getattr(op, "depthwise", False):
+                    return dataclasses.replace(op, features=max(1, int(op.features * factor)))
+                if isinstance(op, SetupOp):
+                    wider = tuple(max(1, int(f * factor)) for f in op.features)
+                    return dataclasses.replace(op, features=wider)
+                return op
+
+            body = _map_ops(body, scale)
+        elif edit == "deepen" and length:
+            i = int(r.integers(length))
+            body = _edit(body, path, lambda b, i=i: b[: i + 1] + b[i:])
+        elif edit == "delete" and length > 1:
+            i = int(r.integers(length))
+            body = _edit(body, path, lambda b, i=i: b[:i] + b[i + 1 :])
+        elif edit == "insert":
+            i = int(r.integers(length + 1))
+            drawer = _Drawer(r, 0, 32, 1, 1 << 30)
+            op = drawer.leaf(_State(8, 8, 1 << 30))
+            body = _edit(body, path, lambda b, i=i, op=op: b[:i] + (op,) + b[i:])
+        elif edit == "kernel":
+
+            def flip(op):
+                if isinstance(op, ConvOp) and not op.depthwise and r.random() < 0.5:
+                    return dataclasses.replace(op, kernel=4 - op.kernel)
+                return op
+
+            body = _map_ops(body, flip)
+    return dataclasses.replace(config, body=body)
+
+
+# ----------------------------------------------------------------------------------
+# A large synthetic model for scale tests.
+
+
+class _DeepBlock(nn.Module):
+    width: int
+    layers: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for _ in range(self.layers):
+            x = nn.LayerNorm()(nn.Dense(self.width)(x))
+        return x
+
+
+class _DeepStage(nn.Module):
+    width: int
+    blocks: int
+    layers: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for _ in range(self.blocks):
+            x = _DeepBlock(self.width, self.layers)(x)
+        return x
+
+
+class DeepNet(nn.Module):
+    """Stages (one per width) of identical blocks of ``layers`` (Dense, LayerNorm)
+    pairs: ``2 * len(widths) * blocks * layers`` layers, plus a classifier."""
+
+    widths: tuple[int, ...]
+    blocks: int = 10
+    layers: int = 5
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for w in self.widths:
+            x = _DeepStage(w, self.blocks, self.layers)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+def deep_model(
+    num_layers: int,
+    *,
+    stages: int = 8,
+    layers_per_block: int = 5,
+    rng: np.random.Generator | int | None = 0,
+    max_width: int = 32,
+) -> tuple[DeepNet, jax.Array]:
+    """A :class:`DeepNet` with about ``num_layers`` small layers in nested blocks and
+    its sample input ``(1, 16)``; stage widths are drawn from ``rng``."""
+    r = _generator(rng)
+    blocks = max(1, round(num_layers / (2 * stages * layers_per_block)))
+    widths = tuple(int(w) for w in r.choice([w for w in WIDTHS if w <= max_width], stages))
+    return DeepNet(widths, blocks, layers_per_block), jnp.zeros((1, 16), jnp.float32)

@@ -1,0 +1,323 @@
+"""Transfers between random architectures drawn by :mod:`dpiat_jax.testing`.
+
+Every pair must transfer without error, give exactly the structure, shapes and dtypes of
+the target's fresh init, move matched tensors by the clip rule and leave every other
+tensor at its fresh value, be deterministic, have a similarity in [0, 1], and reproduce
+the source exactly when both sides are the same architecture.
+
+    DPIAT_RANDOM_SEED=7 DPIAT_RANDOM_PAIRS=300 python -m pytest tests/test_random_architectures.py
+
+The default pairs keep this file near a minute and a half of CPU time on two cores when
+nothing is cached (a second run takes a fraction of that): the layer widths and the input
+come from a small set so that the eagerly compiled initialisers are shared between pairs
+(``DPIAT_RANDOM_WIDE=1`` draws from the full width range and input shapes instead).
+Targets use ``rbg`` keys (their initialisers compile several times faster than threefry
+ones on CPU); every 32nd pair (from the 32nd) uses the default key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import dpiat_jax
+from dpiat_jax import alignment, testing
+
+# Target inits run eagerly and compile every new tensor shape; the library keeps compiled
+# programs in its persistent cache once its compiled kernel runs. Turn that cache on
+# from the start (as the first compiled alignment would; DPIAT_JAX_COMPILATION_CACHE=0
+# turns it off) so that a second run of this file costs a fraction of the first.
+alignment._enable_compilation_cache()
+
+SEED = int(os.environ.get("DPIAT_RANDOM_SEED", "20250611"))
+PAIRS = int(os.environ.get("DPIAT_RANDOM_PAIRS", "16"))
+WIDE = os.environ.get("DPIAT_RANDOM_WIDE", "0") not in ("0", "", "false", "no")
+
+KINDS = ("identity", "mutated", "independent", "mutated-far")
+
+
+# ----------------------------------------------------------------------------------
+# Helpers.
+
+
+def flat(tree) -> dict:
+    return {tuple(str(k) for k in key): v for key, v in traverse_util.flatten_dict(tree).items()}
+
+
+def reference_clip(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """design.md's clip rule, written out on its own: centre the smaller range."""
+    src_idx, dst_idx = [], []
+    for a, b in zip(src.shape, dst.shape, strict=True):
+        lo = abs(b - a) // 2
+        if a < b:
+            src_idx.append(slice(0, a))
+            dst_idx.append(slice(lo, lo + a))
+        else:
+            src_idx.append(slice(lo, lo + b))
+            dst_idx.append(slice(0, b))
+    out = np.array(dst, copy=True)
+    out[tuple(dst_idx)] = np.asarray(src)[tuple(src_idx)].astype(out.dtype)
+    return out
+
+
+def direct(flat_vars: dict, path: tuple[str, ...]) -> dict:
+    """(collection, tensor name) -> key for the tensors a module owns directly."""
+    return {(k[0], k[-1]): k for k in flat_vars if len(k) == len(path) + 2 and k[1:-1] == path}
+
+
+def as_path(name: str) -> tuple[str, ...]:
+    return () if name == "<root>" else tuple(name.split("/"))
+
+
+def key_for(i: int) -> jax.Array:
+    return jax.random.key(SEED + i) if i % 32 == 31 else jax.random.key(SEED + i, impl="rbg")
+
+
+def draw_pair(i: int):
+    """Pair ``i``: ``(kind, src, dst, sample input)``; both take the same input."""
+    rng = np.random.default_rng([SEED, i])
+    kind = KINDS[i % len(KINDS)]
+    if WIDE:
+        options = {"max_width": 64, "max_layers": 40}
+        shape = None
+    else:
+        options = {"widths": (4, 8, 16), "max_layers": 16, "num_classes": 10}
+        shape = (1, 8, 8, 3)
+    src = testing.random_architecture(rng, input_shape=shape, **options)
+    shape = src.config.input_shape
+    if kind == "identity":
+        dst = testing.RandomNet(src.config)  # an equal config, a separate module
+    elif kind == "mutated":
+        dst = testing.mutate(src, rng, steps=int(rng.integers(1, 3)))
+    elif kind == "mutated-far":
+        dst = testing.mutate(src, rng, steps=int(rng.integers(3, 7)))
+    else:
+        dst = testing.random_architecture(rng, input_shape=shape, **options)
+    return kind, src, dst, testing.random_input(src, rng)
+
+
+# ----------------------------------------------------------------------------------
+# The generator itself.
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_generator_is_deterministic_hashable_and_runs(seed):
+    a = testing.random_architecture(seed)
+    b = testing.random_architecture(np.random.default_rng(seed))
+    assert a.config == b.config and hash(a.config) == hash(b.config)
+    x = testing.random_input(a)
+    assert x.shape == a.config.input_shape and x.shape[1] in (8, 16)
+    variables = jax.eval_shape(a.init, jax.random.key(0), x)
+    assert "params" in variables
+    # The predicted output shape of the body is the real one (the generator relies on
+    # it for residual shortcuts that are built before their body).
+    channels, size = testing._out_shape(testing.BlockOp(a.config.body), x.shape[-1], x.shape[1])
+    body = jax.eval_shape(testing.Block(a.config.body).init_with_output, jax.random.key(0), x)[0]
+    assert body.shape == (1, size, size, channels)
+    m = testing.mutate(a.config, seed, steps=3)
+    assert m.input_shape == a.config.input_shape
+    jax.eval_shape(testing.RandomNet(m).init, jax.random.key(0), x)
+
+
+def test_generator_covers_the_grammar():
+    """Across a few dozen draws every kind of operation and layer appears."""
+    seen_ops, seen_kinds = set(), set()
+
+    def walk(ops):
+        for op in ops:
+            seen_ops.add(type(op).__name__)
+            if isinstance(op, testing.ConvOp):
+                seen_ops.add("depthwise" if op.depthwise else f"conv{op.kernel}x{op.kernel}")
+                if op.groups > 1 and not op.depthwise:
+                    seen_ops.add("grouped")
+                if op.param_dtype == "bfloat16":
+                    seen_ops.add("bfloat16")
+            if isinstance(op, testing.NormOp):
+                seen_ops.add(f"norm:{op.kind}")
+            if isinstance(op, testing.ParamOp):
+                seen_ops.add(f"param:{op.kind}:{bool(op.body)}")
+            if isinstance(op, testing.SetupOp) and op.reverse and len(op.features) > 10:
+                seen_ops.add("setup:reversed:long")
+            if isinstance(op, testing.CONTAINERS):
+                if any(isinstance(o, testing.CONTAINERS) for o in op.body):
+                    seen_ops.add("nested")
+                walk(op.body)
+
+    for seed in range(40):
+        m = testing.random_architecture(seed)
+        walk(m.config.body)
+        if seed < 12:
+            tree = dpiat_jax.module_blocks(m, sample_input=testing.random_input(m))
+            seen_kinds |= {leaf.kind for leaf in _leaves(tree)}
+    expected_ops = {
+        "ConvOp", "DenseOp", "NormOp", "DropoutOp", "FnOp", "AttentionOp", "BlockOp",
+        "ResidualOp", "ParamOp", "conv1x1", "conv3x3", "depthwise", "grouped", "bfloat16",
+        "norm:batch", "norm:layer", "norm:group", "norm:rms", "nested",
+        "param:scale:False", "param:scale:True", "param:pos:True", "TiedOp", "SetupOp",
+        "setup:reversed:long",
+    }  # fmt: skip
+    assert expected_ops <= seen_ops, expected_ops - seen_ops
+    expected_kinds = {
+        "conv2d", "depthwise_conv2d", "dense", "dense_general", "batch_norm", "layer_norm",
+        "group_norm", "rms_norm", "none", "own:ParamOwner", "ParamOwner",
+    }  # fmt: skip
+    assert expected_kinds <= seen_kinds, expected_kinds - seen_kinds
+
+
+def _leaves(tree):
+    for x in tree:
+        if isinstance(x, list):
+            yield from _leaves(x)
+        else:
+            yield x
+
+
+# ----------------------------------------------------------------------------------
+# Random pairs.
+
+
+@pytest.mark.parametrize("i", range(PAIRS))
+def test_random_pair(i):
+    kind, src, dst, x = draw_pair(i)
+    rng = key_for(i)
+    src_vars = testing.random_variables(src, x, np.random.default_rng([SEED, i, 1]))
+    form = ("variables", "params", "frozen")[i % 3]
+    given = {
+        "variables": src_vars,
+        "params": src_vars["params"],
+        "frozen": flax.core.freeze(src_vars),
+    }[form]
+
+    # Every fifth pair runs in training mode (BatchNorm batch statistics, live Dropout).
+    call = {"train": True} if i % 5 == 4 else {}
+    kw = {"sample_input": x, "call_kwargs": call}
+    out = dpiat_jax.transfer(given, src, dst, rng, **kw)
+    again = dpiat_jax.transfer(given, src, dst, rng, **kw)
+    report = dpiat_jax.match(given, src, dst, rng, **kw)
+    fresh = dst.init(rng, x, **call)
+    if form == "params":
+        fresh = {"params": fresh["params"]}
+        out, again = {"params": out}, {"params": again}
+    info = f"pair {i} ({kind}, {form}, {call}): {src.config} -> {dst.config}"
+
+    # The exact structure, shapes and dtypes of the fresh init.
+    assert isinstance(out, flax.core.FrozenDict) == (form == "frozen"), info
+    out = flax.core.unfreeze(out)
+    assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(fresh), info
+    got, want = flat(out), flat(fresh)
+    for k, v in want.items():
+        assert got[k].shape == v.shape and got[k].dtype == v.dtype, (info, k)
+
+    # Deterministic for a given rng.
+    for k, v in flat(flax.core.unfreeze(again)).items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(got[k]), err_msg=info)
+
+    # Matched tensors follow the clip rule; every other tensor keeps its fresh value.
+    src_flat = flat(src_vars)
+    expected = {k: np.asarray(v) for k, v in want.items()}
+    targets = set()
+    for s, d, _ in report.pairs:
+        assert d not in targets, (info, f"target {d} received two sources")
+        targets.add(d)
+        src_t = direct(src_flat, as_path(s))
+        for (c, name), k in direct(want, as_path(d)).items():
+            if (c, name) not in src_t:
+                continue
+            source = np.asarray(src_flat[src_t[c, name]])
+            if source.ndim == expected[k].ndim:
+                expected[k] = reference_clip(source, expected[k])
+    for k, v in expected.items():
+        np.testing.assert_array_equal(np.asarray(got[k]), v, err_msg=f"{info} at {k}")
+
+    # Similarity in [0, 1]; the report's agrees with similarity().
+    sim = dpiat_jax.similarity((src, given), dst, **kw)
+    assert -1e-6 <= sim <= 1 + 1e-6, (info, sim)
+    assert report.similarity == pytest.approx(sim, rel=1e-6, abs=1e-6), info
+
+    if kind == "identity":
+        for k, v in flat(src_vars).items():
+            if k[0] == "params" or form != "params":
+                np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v), err_msg=info)
+        assert sim == pytest.approx(1.0, abs=1e-6), info
+        assert report.layers_transferred == report.layers_total, info
+        assert not report.unmatched_dst and not report.unmatched_src, info
+        if form != "params":  # params only: the source has no batch statistics
+            assert not report.skipped, info
+
+
+MATCHERS = ("dp", "flat", "bipartite", "nested-bipartite", "random")
+RULES = ("clip", "magnitude", "full", "uniform")
+
+
+@pytest.mark.parametrize("j", range(len(range(1, PAIRS, 3))))
+def test_random_pair_other_matchers_and_rules(j):
+    """Every matcher and tensor rule keeps the fresh init's structure, shapes and
+    dtypes, deterministically, and leaves unmatched layers at their fresh values
+    (every third pair; eight pairs cover all matchers and rules)."""
+    i = 1 + 3 * j
+    kind, src, dst, x = draw_pair(i)
+    matcher, rule = MATCHERS[j % len(MATCHERS)], RULES[j % len(RULES)]
+    rng = key_for(i)
+    src_vars = testing.random_variables(src, x, np.random.default_rng([SEED, i, 1]))
+    kw = {"sample_input": x, "matcher": matcher, "tensor_rule": rule}
+    out = dpiat_jax.transfer(src_vars, src, dst, rng, **kw)
+    again = dpiat_jax.transfer(src_vars, src, dst, rng, **kw)
+    report = dpiat_jax.match(src_vars, src, dst, rng, **kw)
+    fresh = dst.init(rng, x)
+    info = f"pair {i} ({kind}, {matcher}, {rule}): {src.config} -> {dst.config}"
+    assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(fresh), info
+    got, want = flat(out), flat(fresh)
+    for k, v in want.items():
+        assert got[k].shape == v.shape and got[k].dtype == v.dtype, (info, k)
+        np.testing.assert_array_equal(np.asarray(flat(again)[k]), np.asarray(got[k]), info)
+    matched = {as_path(d) for _, d, _ in report.pairs}
+    for k, v in want.items():
+        if k[1:-1] not in matched:
+            np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v), f"{info} at {k}")
+
+
+# ----------------------------------------------------------------------------------
+# A large model (the benchmark's scale test, smaller).
+
+
+def test_deep_model_transfer_completes():
+    """Several hundred layers on each side (benchmarks/bench_scale.py goes to thousands)."""
+    src, x = testing.deep_model(480, stages=4, layers_per_block=5, rng=1)
+    dst, _ = testing.deep_model(560, stages=4, layers_per_block=5, rng=2)
+    src_vars = testing.random_variables(src, x, 3)
+    rng = jax.random.key(4, impl="rbg")
+    out = dpiat_jax.transfer(src_vars, src, dst, rng, sample_input=x)
+    fresh = jax.eval_shape(dst.init, rng, x)
+    assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(fresh)
+    got = flat(out)
+    for k, w in flat(fresh).items():
+        assert got[k].shape == w.shape and got[k].dtype == w.dtype, k
+    assert sum(1 for k in got if k[-1] in ("kernel", "scale")) >= 550
+    assert dpiat_jax.similarity((src, src_vars), dst, sample_input=x) > 0.1
+
+
+def test_rank_sources_agrees_with_similarity():
+    """Ranking random candidates gives each one's similarity, best first; the target
+    itself among them ranks first with similarity 1."""
+    rng = np.random.default_rng([SEED, 10_000])
+    shape = (1, 8, 8, 3)
+    target = testing.random_architecture(rng, input_shape=shape, widths=(4, 8, 16))
+    x = testing.random_input(target)
+    modules = [testing.random_architecture(rng, input_shape=shape) for _ in range(3)]
+    modules += [testing.mutate(target, rng, steps=2), target]
+    candidates = [(m, testing.random_variables(m, x, k)) for k, m in enumerate(modules)]
+    ranking = dpiat_jax.rank_sources(candidates, target, sample_input=x)
+    assert sorted(i for i, _ in ranking) == list(range(len(candidates)))
+    sims = [s for _, s in ranking]
+    assert sims == sorted(sims, reverse=True)
+    assert ranking[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert dict(ranking)[len(candidates) - 1] == pytest.approx(1.0, abs=1e-6)
+    for i, s in ranking:
+        alone = dpiat_jax.similarity(candidates[i], target, sample_input=x)
+        assert s == pytest.approx(alone, rel=1e-6, abs=1e-7)
+        assert -1e-6 <= s <= 1 + 1e-6
