@@ -33,6 +33,13 @@ pair and ``E``), ``results.md`` (tables, averages, Spearman), ``results.json``,
 ``ratios.png`` (per-pair ratio bars), ``similarity.png`` (similarity against gain),
 ``matches/<source>__<target>.txt`` (the matching reports) and ``runs.jsonl``, a cache of
 finished runs that lets an interrupted experiment resume.
+
+The transfers use :func:`dpiat_jax.transfer`'s ``dp`` matcher and ``clip`` tensor rule.
+``dpiat-jax methods`` (:mod:`dpiat_jax.methods`) reruns the transfer arm with other
+matchers and tensor rules in the same folder, sharing the sources, the random-init runs
+and ``runs.jsonl``: the cache key of a transfer with another method includes it, and
+transfer rows record ``matcher`` and ``tensor_rule`` (rows without them are ``dp`` +
+``clip``, the only method before the field existed).
 """
 
 from __future__ import annotations
@@ -704,42 +711,35 @@ def _pretrain_source(trainer: _Trainer, cfg: ExperimentConfig, name: str, cache_
     return module, variables, {**meta, "cached": False}
 
 
-def run_experiment(
-    config: str | os.PathLike | Mapping[str, Any] | ExperimentConfig,
-    out_dir: str | os.PathLike,
-    *,
-    repetitions: int | None = None,
-    epochs: Sequence[int] | None = None,
-    max_pairs: int | None = None,
-    quick: bool = False,
-    resume: bool = True,
-    command: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> ExperimentResult:
-    """Runs the transfer-versus-random protocol of a config and writes its results.
+DEFAULT_METHOD = ("dp", "clip")
+"""The ``(matcher, tensor_rule)`` of :func:`dpiat_jax.transfer`'s defaults."""
 
-    Args:
-      config: A config path, shipped name, dict or :class:`ExperimentConfig`.
-      out_dir: Output directory (created); source checkpoints are cached in
-        ``out_dir/sources`` and finished runs in ``out_dir/runs.jsonl``.
-      repetitions: Override of the config's number of seeds.
-      epochs: Override of the config's list of epoch budgets ``E``.
-      max_pairs: Keep only the first ``max_pairs`` pairs.
-      quick: Shortened protocol (:func:`quick_config`): 512/256 examples, sources
-        trained 2 epochs, ``E = 1``, one seed (explicit overrides still apply).
-      resume: Reuse finished runs recorded in ``runs.jsonl`` with identical settings.
-      command: The command line, recorded in ``results.md``.
-      log: Progress printer (default: ``print`` with flush).
 
-    Returns:
-      An :class:`ExperimentResult`.
-    """
-    import jax
+def _method_of(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``(matcher, tensor_rule)`` of a run row; rows cached before methods were
+    recorded (no such fields) were made with the default, ``dp`` + ``clip``."""
+    return (
+        str(row.get("matcher") or DEFAULT_METHOD[0]),
+        str(row.get("tensor_rule") or DEFAULT_METHOD[1]),
+    )
 
-    import dpiat_jax as dj
 
-    log = log or (lambda msg: print(msg, flush=True))
-    t0 = time.perf_counter()
+@dataclasses.dataclass
+class _Setup:
+    """What every invocation of the runner prepares: the effective config, the output
+    folder, the dataset, the trainer and the (pretrained or restored) sources."""
+
+    cfg: ExperimentConfig
+    out: Path
+    dataset: Any
+    trainer: _Trainer
+    sources: dict[str, tuple[Any, Any]]
+    source_info: dict[str, dict[str, Any]]
+
+
+def _effective_config(
+    config, *, repetitions=None, epochs=None, max_pairs=None, quick=False
+) -> ExperimentConfig:
     cfg = load_config(config)
     if quick:
         cfg = quick_config(cfg)
@@ -757,11 +757,15 @@ def run_experiment(
         targets={k: cfg.targets[k] for k in used_targets},
     )
     cfg.validate()
+    return cfg
+
+
+def _setup(cfg: ExperimentConfig, out_dir, log, *, write_config: bool = True) -> _Setup:
+    """Loads the dataset and pretrains (or restores) every source of ``cfg``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "matches").mkdir(exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-
+    if write_config:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     dataset = _load_dataset(cfg)
     log(
         f"experiment {cfg.name}: {dataset.name} {dataset.input_shape}, "
@@ -769,12 +773,9 @@ def run_experiment(
         f"E in {list(cfg.epochs)}, {cfg.repetitions} seeds"
     )
     trainer = _Trainer(dataset, cfg.eval_batch_size)
-    settings = cfg.train_settings()
-
-    # 1. Sources.
     sources: dict[str, tuple[Any, Any]] = {}
     source_info: dict[str, dict[str, Any]] = {}
-    for name in used_sources:
+    for name in cfg.sources:
         module, variables, info = _pretrain_source(trainer, cfg, name, out / "sources", log)
         sources[name] = (module, variables)
         source_info[name] = {
@@ -783,30 +784,10 @@ def run_experiment(
             "cached": info["cached"],
             "digest": info["digest"],
         }
+    return _Setup(cfg, out, dataset, trainer, sources, source_info)
 
-    # 2. Similarity and matching report of every pair.
-    x0 = trainer.sample_input
-    pair_info: dict[str, dict[str, Any]] = {}
-    for p in cfg.pairs:
-        src_module, src_vars = sources[p.source]
-        dst_module = trainer.module(cfg.targets[p.target])
-        start = time.perf_counter()
-        sim = dj.similarity((src_module, src_vars), dst_module, sample_input=x0)
-        report = dj.match(src_vars, src_module, dst_module, jax.random.key(0), sample_input=x0)
-        (out / "matches" / f"{p.slug}.txt").write_text(str(report) + "\n")
-        pair_info[p.label] = {
-            "similarity": float(sim),
-            "layer_coverage": float(report.layer_coverage),
-            "param_coverage": float(report.param_coverage),
-        }
-        log(
-            f"pair {p.label}: similarity {sim:.3f}, layers covered "
-            f"{report.layers_transferred}/{report.layers_total} "
-            f"({time.perf_counter() - start:.1f}s)"
-        )
 
-    # 3. Training runs, grouped by target so each (target, E) compiles once.
-    cache_path = out / "runs.jsonl"
+def _load_run_cache(cache_path: Path, resume: bool) -> dict[str, dict[str, Any]]:
     cached: dict[str, dict[str, Any]] = {}
     if resume and cache_path.is_file():
         for line in cache_path.read_text().splitlines():
@@ -815,6 +796,35 @@ def run_experiment(
                 cached[rec["digest"]] = rec
     elif cache_path.exists():
         cache_path.unlink()
+    return cached
+
+
+def _train_runs(
+    setup: _Setup,
+    cached: dict[str, dict[str, Any]],
+    log: Callable[[str], None],
+    *,
+    matcher: str = DEFAULT_METHOD[0],
+    tensor_rule: str = DEFAULT_METHOD[1],
+    prefix: str = "",
+) -> list[dict[str, Any]]:
+    """Trains (or takes from the cache) every random-init and transfer run of the config,
+    the transfers made with ``matcher`` and ``tensor_rule``; returns one row per run.
+
+    The run cache key of a transfer made with a method other than the default has a
+    ``method`` field; the default's key has none, so runs cached before methods existed
+    are the default's. Random-init runs do not depend on the method and are shared.
+    """
+    import jax
+
+    import dpiat_jax as dj
+
+    cfg, trainer, sources, source_info = setup.cfg, setup.trainer, setup.sources, setup.source_info
+    settings = cfg.train_settings()
+    x0 = trainer.sample_input
+    method = (str(matcher), str(tensor_rule))
+    cache_path = setup.out / "runs.jsonl"
+    used_targets = list(cfg.targets)
     seeds = [cfg.seed + r for r in range(cfg.repetitions)]
     total = len(used_targets) * len(cfg.epochs) * len(seeds) + len(cfg.pairs) * len(
         cfg.epochs
@@ -841,21 +851,34 @@ def run_experiment(
                         "init": init,
                         "source": None if p is None else source_info[p.source]["digest"],
                     }
+                    if p is not None and method != DEFAULT_METHOD:
+                        key["method"] = {"matcher": method[0], "tensor_rule": method[1]}
                     digest = _digest(key)
-                    row_id = f"[{len(runs) + 1}/{total}] {init:8s} " + (
+                    row_id = f"{prefix}[{len(runs) + 1}/{total}] {init:8s} " + (
                         tname if p is None else p.label
                     )
                     if digest in cached:
                         rec = cached[digest]
-                        runs.append(rec["row"])
-                        log(f"{row_id} E={e} seed={seed}: cached, best {rec['row']['best']:.3f}")
+                        row = dict(rec["row"])
+                        if p is not None:
+                            row["matcher"], row["tensor_rule"] = _method_of(row)
+                        runs.append(row)
+                        log(f"{row_id} E={e} seed={seed}: cached, best {row['best']:.3f}")
                         continue
                     start = time.perf_counter()
                     if p is None:
                         variables = trainer.init(module, rng)
                     else:
                         src_module, src_vars = sources[p.source]
-                        variables = dj.transfer(src_vars, src_module, module, rng, sample_input=x0)
+                        variables = dj.transfer(
+                            src_vars,
+                            src_module,
+                            module,
+                            rng,
+                            sample_input=x0,
+                            matcher=method[0],
+                            tensor_rule=method[1],
+                        )
                     _, history = trainer.fit(module, variables, settings, e, seed)
                     accs = [float(r.test_accuracy) for r in history]
                     row = {
@@ -869,15 +892,26 @@ def run_experiment(
                         "test_accuracy_per_epoch": accs,
                         "seconds": time.perf_counter() - start,
                     }
+                    if p is not None:
+                        row["matcher"], row["tensor_rule"] = method
                     runs.append(row)
+                    cached[digest] = {"digest": digest, "row": row}
                     with open(cache_path, "a") as f:
                         f.write(json.dumps({"digest": digest, "row": row}) + "\n")
                     log(
                         f"{row_id} E={e} seed={seed}: best {row['best']:.3f} "
                         f"({row['seconds']:.1f}s)"
                     )
+    return runs
 
-    # 4. Summaries.
+
+def _summarise(
+    cfg: ExperimentConfig,
+    runs: list[dict[str, Any]],
+    pair_info: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per pair and ``E``: mean/std of the best accuracies and their ratio."""
+    pair_info = pair_info or {}
     summary: list[dict[str, Any]] = []
     for index, p in enumerate(cfg.pairs, start=1):
         for e in cfg.epochs:
@@ -904,7 +938,7 @@ def run_experiment(
                     "target": p.target,
                     "change": p.change,
                     "epochs": e,
-                    **pair_info[p.label],
+                    **pair_info.get(p.label, {}),
                     "transfer_mean": t_mean,
                     "transfer_std": t_std,
                     "random_mean": r_mean,
@@ -917,15 +951,102 @@ def run_experiment(
                     "seeds": len(t_runs),
                 }
             )
-    mean_ratio, geomean_ratio, spearman = {}, {}, {}
-    for e in cfg.epochs:
-        rows = [r for r in summary if r["epochs"] == e]
-        ratios = np.asarray([r["ratio"] for r in rows], float)
+    return summary
+
+
+def _mean_ratios(
+    summary: list[dict[str, Any]], epochs: Sequence[int]
+) -> tuple[dict[int, float], dict[int, float]]:
+    """``E -> arithmetic mean`` and ``E -> geometric mean`` of the pairs' ratios."""
+    mean_ratio, geomean_ratio = {}, {}
+    for e in epochs:
+        ratios = np.asarray([r["ratio"] for r in summary if r["epochs"] == e], float)
         mean_ratio[e] = float(np.mean(ratios))
         geomean_ratio[e] = (
             float(np.exp(np.mean(np.log(ratios)))) if np.all(ratios > 0) else math.nan
         )
-        spearman[e] = _spearman([r["similarity"] for r in rows], ratios)
+    return mean_ratio, geomean_ratio
+
+
+def run_experiment(
+    config: str | os.PathLike | Mapping[str, Any] | ExperimentConfig,
+    out_dir: str | os.PathLike,
+    *,
+    repetitions: int | None = None,
+    epochs: Sequence[int] | None = None,
+    max_pairs: int | None = None,
+    quick: bool = False,
+    resume: bool = True,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExperimentResult:
+    """Runs the transfer-versus-random protocol of a config and writes its results.
+
+    The transfers use :func:`dpiat_jax.transfer`'s defaults (``dp`` + ``clip``); see
+    :func:`dpiat_jax.methods.run_methods` for other matchers and tensor rules.
+
+    Args:
+      config: A config path, shipped name, dict or :class:`ExperimentConfig`.
+      out_dir: Output directory (created); source checkpoints are cached in
+        ``out_dir/sources`` and finished runs in ``out_dir/runs.jsonl``.
+      repetitions: Override of the config's number of seeds.
+      epochs: Override of the config's list of epoch budgets ``E``.
+      max_pairs: Keep only the first ``max_pairs`` pairs.
+      quick: Shortened protocol (:func:`quick_config`): 512/256 examples, sources
+        trained 2 epochs, ``E = 1``, one seed (explicit overrides still apply).
+      resume: Reuse finished runs recorded in ``runs.jsonl`` with identical settings.
+      command: The command line, recorded in ``results.md``.
+      log: Progress printer (default: ``print`` with flush).
+
+    Returns:
+      An :class:`ExperimentResult`.
+    """
+    import jax
+
+    import dpiat_jax as dj
+
+    log = log or (lambda msg: print(msg, flush=True))
+    t0 = time.perf_counter()
+    cfg = _effective_config(
+        config, repetitions=repetitions, epochs=epochs, max_pairs=max_pairs, quick=quick
+    )
+    # 1. Sources.
+    setup = _setup(cfg, out_dir, log)
+    out, trainer, sources, source_info = setup.out, setup.trainer, setup.sources, setup.source_info
+    (out / "matches").mkdir(exist_ok=True)
+
+    # 2. Similarity and matching report of every pair.
+    x0 = trainer.sample_input
+    pair_info: dict[str, dict[str, Any]] = {}
+    for p in cfg.pairs:
+        src_module, src_vars = sources[p.source]
+        dst_module = trainer.module(cfg.targets[p.target])
+        start = time.perf_counter()
+        sim = dj.similarity((src_module, src_vars), dst_module, sample_input=x0)
+        report = dj.match(src_vars, src_module, dst_module, jax.random.key(0), sample_input=x0)
+        (out / "matches" / f"{p.slug}.txt").write_text(str(report) + "\n")
+        pair_info[p.label] = {
+            "similarity": float(sim),
+            "layer_coverage": float(report.layer_coverage),
+            "param_coverage": float(report.param_coverage),
+        }
+        log(
+            f"pair {p.label}: similarity {sim:.3f}, layers covered "
+            f"{report.layers_transferred}/{report.layers_total} "
+            f"({time.perf_counter() - start:.1f}s)"
+        )
+
+    # 3. Training runs, grouped by target so each (target, E) compiles once.
+    cached = _load_run_cache(out / "runs.jsonl", resume)
+    runs = _train_runs(setup, cached, log)
+
+    # 4. Summaries.
+    summary = _summarise(cfg, runs, pair_info)
+    mean_ratio, geomean_ratio = _mean_ratios(summary, cfg.epochs)
+    spearman = {}
+    for e in cfg.epochs:
+        rows = [r for r in summary if r["epochs"] == e]
+        spearman[e] = _spearman([r["similarity"] for r in rows], [r["ratio"] for r in rows])
 
     result = ExperimentResult(
         config=cfg,
