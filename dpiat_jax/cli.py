@@ -210,5 +210,79 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------
+# methods
+# ---------------------------------------------------------------------------
+
+
+def _methods_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a JSON config file or a shipped config name")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the experiment's output folder, whose sources and run cache are reused "
+        "(default: runs/experiments/<config name>)",
+    )
+    parser.add_argument(
+        "--methods-dir",
+        default="results/methods",
+        help="where the tables go (default: %(default)s)",
+    )
+    parser.add_argument("--matchers", nargs="+", default=None, help="default: all")
+    parser.add_argument("--tensor-rules", nargs="+", default=None, help="default: all")
+    parser.add_argument(
+        "--combinations",
+        default=None,
+        help="explicit MATCHER:RULE list, e.g. dp:clip,flat:clip (instead of the grid)",
+    )
+    parser.add_argument("--repetitions", type=int, default=None, help="override: seeds per run")
+    parser.add_argument("--epochs", type=int, nargs="+", default=None, help="override: E list")
+    parser.add_argument("--max-pairs", type=int, default=None, help="keep the first N pairs")
+    parser.add_argument("--quick", action="store_true", help="shortened protocol (tests)")
+    parser.add_argument("--quiet", action="store_true", help="log only combination summaries")
+    parser.add_argument("--note", default=None, help="a remark recorded with the tables")
+
+
+@subcommand(
+    "methods",
+    help="the methods table: mean ratio of every matcher x tensor rule on a config",
+    add_arguments=_methods_args,
+    description=(
+        "Runs the protocol of `experiment` once per (matcher, tensor_rule) combination, "
+        "reusing OUT's sources, random-init runs and cached transfer runs, and writes "
+        "METHODS_DIR/<config>.md/.csv and METHODS_DIR/README.md (all configs side by "
+        "side, and whether a combination beats the default dp + clip)."
+    ),
+)
+def _methods(args: argparse.Namespace) -> int:
+    import os
+
+    from dpiat_jax.experiment import load_config
+    from dpiat_jax.methods import all_combinations, parse_combinations, run_methods
+
+    config = load_config(args.config)
+    out = args.out or os.path.join("runs", "experiments", config.name)
+    if args.combinations:
+        combos = parse_combinations(args.combinations)
+    else:
+        combos = all_combinations(args.matchers, args.tensor_rules)
+    run_methods(
+        config,
+        out,
+        combinations=combos,
+        methods_dir=args.methods_dir,
+        repetitions=args.repetitions,
+        epochs=args.epochs,
+        max_pairs=args.max_pairs,
+        quick=args.quick,
+        command=_command_line(args),
+        note=args.note,
+        verbose=not args.quiet,
+    )
+    return 0
+
+
+from dpiat_jax import cli_checkpoints  # noqa: E402, F401  (transfer, match, rank)
+
 if __name__ == "__main__":
     sys.exit(main())
