@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from dpiat_jax.scores import layer_score
 from dpiat_jax.spec import LayerSpec
 
@@ -93,3 +95,19 @@ def oracle_similarity(src: list, dst: list) -> float:
     """``score(src, dst) / score(dst, dst)``, 0 when the target has nothing to match."""
     self_score = Oracle().solve(dst, dst)[0]
     return 0.0 if self_score <= 0 else Oracle().solve(src, dst)[0] / self_score
+
+
+def reference_clip(src, dst):
+    """The clip rule of design.md written out on its own, as a NumPy reference."""
+    src_idx, dst_idx = [], []
+    for a, b in zip(src.shape, dst.shape, strict=True):
+        lo = abs(b - a) // 2
+        if a < b:
+            src_idx.append(slice(0, a))
+            dst_idx.append(slice(lo, lo + a))
+        else:
+            src_idx.append(slice(lo, lo + b))
+            dst_idx.append(slice(0, b))
+    out = np.array(dst, copy=True)
+    out[tuple(dst_idx)] = np.asarray(src)[tuple(src_idx)].astype(out.dtype)
+    return out

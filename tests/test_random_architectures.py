@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+from oracle import reference_clip
 
 import dpiat_jax
 from dpiat_jax import alignment, testing
@@ -47,22 +48,6 @@ KINDS = ("identity", "mutated", "independent", "mutated-far")
 
 def flat(tree) -> dict:
     return {tuple(str(k) for k in key): v for key, v in traverse_util.flatten_dict(tree).items()}
-
-
-def reference_clip(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """design.md's clip rule, written out on its own: centre the smaller range."""
-    src_idx, dst_idx = [], []
-    for a, b in zip(src.shape, dst.shape, strict=True):
-        lo = abs(b - a) // 2
-        if a < b:
-            src_idx.append(slice(0, a))
-            dst_idx.append(slice(lo, lo + a))
-        else:
-            src_idx.append(slice(lo, lo + b))
-            dst_idx.append(slice(0, b))
-    out = np.array(dst, copy=True)
-    out[tuple(dst_idx)] = np.asarray(src)[tuple(src_idx)].astype(out.dtype)
-    return out
 
 
 def direct(flat_vars: dict, path: tuple[str, ...]) -> dict:

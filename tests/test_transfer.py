@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from oracle import reference_clip
 
 import dpiat_jax
 from dpiat_jax.api import module_blocks
@@ -30,26 +31,6 @@ V = jnp.zeros((1, 8))  # vectors for the MLPs
 
 def key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
-
-
-def reference_clip(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The clip rule of design.md, written out independently of the library."""
-    src_idx, dst_idx = [], []
-    for a, b in zip(src.shape, dst.shape, strict=True):
-        if a < b:
-            start = (b - a) // 2
-            src_idx.append(slice(0, a))
-            dst_idx.append(slice(start, start + a))
-        elif a > b:
-            start = (a - b) // 2
-            src_idx.append(slice(start, start + b))
-            dst_idx.append(slice(0, b))
-        else:
-            src_idx.append(slice(0, a))
-            dst_idx.append(slice(0, b))
-    out = np.array(dst, copy=True)
-    out[tuple(dst_idx)] = np.asarray(src)[tuple(src_idx)].astype(out.dtype)
-    return out
 
 
 def random_variables(module: nn.Module, x, seed: int, as_numpy: bool = False) -> dict:
