@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -404,18 +405,12 @@ def src_variables():
     return SRC_NET.init(jax.random.key(1), X)
 
 
-def _same_structure(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.shape == y.shape and x.dtype == y.dtype
-
-
 @pytest.mark.parametrize("matcher", list(MATCHERS))
 def test_each_matcher_through_transfer(src_variables, matcher):
     rng = jax.random.key(4)
     fresh = DST_NET.init(rng, X)
     out = dpiat_jax.transfer(src_variables, SRC_NET, DST_NET, rng, sample_input=X, matcher=matcher)
-    _same_structure(out, fresh)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, fresh)
     changed = [
         not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(fresh))
     ]

@@ -3,6 +3,7 @@ and by name through ``dpiat_jax.transfer``."""
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -206,18 +207,12 @@ def src_variables():
     return SRC_NET.init(jax.random.key(1), X)
 
 
-def _same_structure(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.shape == y.shape and x.dtype == y.dtype
-
-
 @pytest.mark.parametrize("name", list(TENSOR_RULES))
 def test_each_rule_through_transfer(src_variables, name):
     rng = jax.random.key(3)
     fresh = DST_NET.init(rng, X)
     out = dpiat_jax.transfer(src_variables, SRC_NET, DST_NET, rng, sample_input=X, tensor_rule=name)
-    _same_structure(out, fresh)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, fresh)
     # The stem conv (3 -> 16 source, 3 -> 8 target) is matched by dp: its kernel changed.
     assert not np.array_equal(
         out["params"]["Conv_0"]["kernel"], fresh["params"]["Conv_0"]["kernel"]

@@ -9,6 +9,7 @@ subset across the whole residual stream and one head subset per attention. Small
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,12 +77,6 @@ def reference_pos(src: np.ndarray, tokens: int) -> np.ndarray:
     return np.concatenate([src[:1], out])[None]
 
 
-def same_structure(a, b) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        assert x.shape == y.shape and x.dtype == y.dtype
-
-
 @pytest.fixture(scope="module")
 def small_src():
     return random_variables(SMALL, X16, seed=0)
@@ -111,7 +106,7 @@ def test_every_rule_small_to_wide(small_src, wide_fresh, rule):
     out = dpiat_jax.transfer(
         small_src, SMALL, WIDE, key(3), sample_input=(X16, X32), tensor_rule=rule
     )
-    same_structure(out, wide_fresh)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, wide_fresh)
     # Whatever the rule, the grid is interpolated and the source's D fills the target's.
     pos = np.asarray(out["params"]["pos_embedding"])
     resized = reference_pos(small_src["params"]["pos_embedding"], 65)
@@ -143,7 +138,7 @@ def test_clip_pos_embedding_and_class_token_small_to_wide(small_src, wide_fresh)
 
 def test_clip_wide_to_small_shrinks_the_grid(wide_src, small_fresh):
     out = dpiat_jax.transfer(wide_src, WIDE, SMALL, key(4), sample_input=(X32, X16))
-    same_structure(out, small_fresh)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, small_fresh)
     expected = reference_clip(
         reference_pos(wide_src["params"]["pos_embedding"], 17),
         small_fresh["params"]["pos_embedding"],
