@@ -114,7 +114,7 @@ QUICKSTART = [
         import matplotlib.pyplot as plt
 
         import dpiat_jax as dj
-        from dpiat_jax import data, train
+        from dpiat_jax.experiments import data, train
         from dpiat_jax.models import CifarResNet
         """
     ),
@@ -176,9 +176,10 @@ QUICKSTART = [
         """
         ## Data
 
-        `dpiat_jax.data.load("cifar10")` reads CIFAR-10 through `tfds.data_source` (it is
-        downloaded and prepared on first use) into numpy arrays: float32 NHWC images in
-        [0, 1] and int32 labels. The smoke setting uses the offline digits instead.
+        `dpiat_jax.experiments.data.load("cifar10")` reads CIFAR-10 through
+        `tfds.data_source` (it is downloaded and prepared on first use) into numpy arrays:
+        float32 NHWC images in [0, 1] and int32 labels. The smoke setting uses the offline
+        digits instead.
         """
     ),
     code(
@@ -220,8 +221,8 @@ QUICKSTART = [
         """
         ## Train the source
 
-        `dpiat_jax.train.fit` is a plain optax loop (SGD with momentum, cosine schedule);
-        any training code works, the transfer only needs the trained variables.
+        `dpiat_jax.experiments.train.fit` is a plain optax loop (SGD with momentum, cosine
+        schedule); any training code works, the transfer only needs the trained variables.
         """
     ),
     code(
@@ -373,7 +374,7 @@ CHOOSE_A_SOURCE = [
         from scipy import stats
 
         import dpiat_jax as dj
-        from dpiat_jax import data, train
+        from dpiat_jax.experiments import data, train
         from dpiat_jax.models import MLP, VGG, CifarResNet
         """
     ),
@@ -554,7 +555,7 @@ NAS = [
         import numpy as np
 
         import dpiat_jax as dj
-        from dpiat_jax import data, train
+        from dpiat_jax.experiments import data, train
         from dpiat_jax.models import VGG, VGG_CONFIGS
         """
     ),
@@ -805,7 +806,7 @@ FLAX_LOOP = [
         from flax.training import train_state
 
         import dpiat_jax as dj
-        from dpiat_jax import data
+        from dpiat_jax.experiments import data
         """
     ),
     code(

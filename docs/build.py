@@ -40,10 +40,11 @@ TEMPLATES = HERE / "templates"
 KNOWN_WARNINGS: list[tuple[str, str]] = [
     (
         r"^Error parsing type annotation .*ArrayTree.* for "
-        r"(flax\.training\.train_state|dpiat_jax\.train)\.TrainState\.\w+\. "
+        r"(flax\.training\.train_state|dpiat_jax\.experiments\.train)\.TrainState\.\w+\. "
         r"Import of ArrayTree failed",
         "flax's TrainState.opt_state is annotated optax.OptState = chex.ArrayTree, a "
-        "recursive alias whose forward reference pdoc cannot evaluate; dpiat_jax.train."
+        "recursive alias whose forward reference pdoc cannot evaluate; "
+        "dpiat_jax.experiments.train."
         "TrainState inherits it.",
     ),
 ]

@@ -15,24 +15,24 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
-import numpy as np
 
-from dpiat_jax import inputs, nnx_models
-from dpiat_jax.alignment import alignment_scores
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
 from dpiat_jax.channels import target_channels
-from dpiat_jax.inputs import CallSpec
-from dpiat_jax.layers import Layer, ModuleNode, build_hierarchy, layers, record_calls, trace
-from dpiat_jax.matchers import (
-    Matcher,
-    align,
-    matcher_name,
-    matcher_similarity,
-    similarity_matcher,
-)
+from dpiat_jax.layers import Layer, ModuleNode, build_hierarchy, layers
+from dpiat_jax.matchers import Matcher, align, matcher_name
 from dpiat_jax.matching import MatchReport, build_report, layer_pairs
+from dpiat_jax.similarity import (
+    alignment_similarity,
+    rank_trees,
+    similarity_matcher,
+    tree_similarity,
+)
 from dpiat_jax.spec import LayerSpec, validate_tree
 from dpiat_jax.tensors import TensorRule, get_tensor_rule, tensor_rule_name
+from dpiat_jax.trace import inputs
+from dpiat_jax.trace import nnx as nnx_models
+from dpiat_jax.trace.inputs import CallSpec
+from dpiat_jax.trace.linen import record_calls, trace
 from dpiat_jax.variables import nonfinite_tensors, write_tensors
 
 __all__ = [
@@ -230,13 +230,7 @@ def _run(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options: 
     rng = jax.random.key(0) if rng is None else rng
     matcher_label = matcher_name(options.matcher)
     result = align(src_spec, dst_spec, options.matcher, rng=jax.random.fold_in(rng, 3))
-    if matcher_label == "dp":
-        self_score = float(alignment_scores([dst_spec], dst_spec)[0])
-        sim = result.score / self_score if self_score > 0 else 0.0
-    elif matcher_label == "bipartite":
-        sim = result.score  # the bipartite score is already normalised
-    else:
-        sim = float("nan")  # no similarity is defined for this matcher
+    sim = alignment_similarity(result, dst_spec, matcher_label)
     pairs = layer_pairs(result, src_blocks, dst_blocks)
     _check_finite(pairs, options.on_nonfinite)
     rule = get_tensor_rule(options.tensor_rule)
@@ -451,10 +445,7 @@ def similarity(
     )
     src_tree, used = _spec_of(src, "src", src_in, src_kw)
     dst_tree, _ = _spec_of(dst, "dst", dst_in if dst_in is not None else used, dst_kw)
-    if matcher != "dp":
-        return matcher_similarity(src_tree, dst_tree, matcher)
-    scores = alignment_scores([src_tree, dst_tree], dst_tree)
-    return 0.0 if scores[1] <= 0 else float(scores[0] / scores[1])
+    return tree_similarity(src_tree, dst_tree, matcher)
 
 
 def rank_sources(
@@ -483,10 +474,4 @@ def rank_sources(
         trees.append(tree)
         used = used if used is not None else u
     dst_tree, _ = _spec_of(target, "target", dst_in if dst_in is not None else used, dst_kw)
-    if not trees:
-        return []
-    scores = alignment_scores([*trees, dst_tree], dst_tree)
-    self_score = scores[-1]
-    sims = scores[:-1] / self_score if self_score > 0 else np.zeros(len(trees))
-    order = sorted(range(len(trees)), key=lambda i: (-sims[i], i))
-    return [(i, float(sims[i])) for i in order]
+    return rank_trees(trees, dst_tree)

@@ -1,25 +1,32 @@
 """Layers: the parametrised leaf modules of a Flax model, in call order (design.md, "Layers").
 
-:func:`trace` runs a linen module abstractly (``jax.eval_shape`` of its ``init``) under
-``nn.intercept_methods`` and records the order in which submodules are first called.
-Together with the variables it gives a :class:`ModuleNode` hierarchy whose leaves are
-:class:`Layer` records; :func:`layers` lists those leaves in call order.
+:func:`build_hierarchy` turns the module calls that a trace adapter recorded
+(:mod:`dpiat_jax.trace`: linen or NNX) and the model's variables into a
+:class:`ModuleNode` hierarchy whose leaves are :class:`Layer` records; :func:`layers`
+lists those leaves in call order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 from flax import traverse_util
 
 from dpiat_jax.spec import LayerSpec
 
-__all__ = ["Layer", "ModuleNode", "trace", "layers", "layer_kind", "group_variables"]
+__all__ = [
+    "Layer",
+    "ModuleCall",
+    "ModuleNode",
+    "build_hierarchy",
+    "group_variables",
+    "iter_layers",
+    "layer_kind",
+    "layers",
+]
 
 ModulePath = tuple[str, ...]
 Tensors = Mapping[str, Mapping[str, Any]]  # collection -> tensor name -> array
@@ -167,28 +174,18 @@ def _main_tensor(params: Mapping[str, Any], others: Mapping[str, Mapping[str, An
 
 
 @dataclasses.dataclass(frozen=True)
-class _Call:
+class ModuleCall:
+    """One module as a trace adapter saw it called (:mod:`dpiat_jax.trace`).
+
+    Attributes:
+      path: the module path from the root.
+      module_type: the module's class.
+      attrs: the attributes the kind rules need (``feature_group_count``).
+    """
+
     path: ModulePath
     module_type: type
     attrs: Mapping[str, Any]
-
-
-def record_calls(fn, *args, **kwargs) -> tuple[Any, list[_Call]]:
-    """Runs ``fn`` under ``nn.intercept_methods``; returns its result and the modules
-    in the order of their first call."""
-    calls: dict[ModulePath, _Call] = {}
-
-    def interceptor(next_fun, call_args, call_kwargs, context):
-        module = context.module
-        path = tuple(module.path) if module.scope is not None else ()
-        if path not in calls:
-            attrs = {"feature_group_count": getattr(module, "feature_group_count", None)}
-            calls[path] = _Call(path, type(module), attrs)
-        return next_fun(*call_args, **call_kwargs)
-
-    with nn.intercept_methods(interceptor):
-        out = fn(*args, **kwargs)
-    return out, list(calls.values())
 
 
 def group_variables(
@@ -215,12 +212,12 @@ def group_variables(
     return out
 
 
-def build_hierarchy(calls: list[_Call], variables: Mapping[str, Any]) -> ModuleNode:
+def build_hierarchy(calls: list[ModuleCall], variables: Mapping[str, Any]) -> ModuleNode:
     """Builds the module tree (children in call order) with layers at its leaves."""
     paths = [c.path for c in calls]
     if () not in paths:
         paths.insert(0, ())
-        calls = [_Call((), nn.Module, {}), *calls]
+        calls = [ModuleCall((), nn.Module, {}), *calls]
     grouped = group_variables(variables, paths)
     by_path = {c.path: c for c in calls}
     children: dict[ModulePath, list[ModulePath]] = {p: [] for p in paths}
@@ -231,7 +228,7 @@ def build_hierarchy(calls: list[_Call], variables: Mapping[str, Any]) -> ModuleN
                 parent = parent[:-1]
             children[parent].append(p)
 
-    def leaf(path: ModulePath, call: _Call, tensors: dict, kind: str | None = None) -> Layer:
+    def leaf(path: ModulePath, call: ModuleCall, tensors: dict, kind: str | None = None) -> Layer:
         params = tensors.get("params", {})
         main = _main_tensor(params, tensors)
         if kind is None:
@@ -253,57 +250,6 @@ def build_hierarchy(calls: list[_Call], variables: Mapping[str, Any]) -> ModuleN
     if isinstance(root, Layer):
         return ModuleNode((), root.type_name, (root,))
     return root
-
-
-def _input_spec(args: tuple) -> tuple | None:
-    """A hashable description of the inputs' shapes and dtypes (None if not arrays)."""
-    leaves, treedef = jax.tree.flatten(args)
-    if not all(hasattr(x, "shape") and hasattr(x, "dtype") for x in leaves):
-        return None
-    return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
-
-
-@functools.lru_cache(maxsize=64)
-def _abstract_trace(module: nn.Module, spec: tuple, kwargs: tuple) -> tuple[Any, list[_Call]]:
-    """The abstract init and the call order of a module for an input description.
-
-    Both depend only on the module's configuration and the inputs' shapes and dtypes,
-    so repeated transfers from one source architecture trace it once.
-    """
-    treedef, shapes = spec
-    args = jax.tree.unflatten(
-        treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
-    )
-    rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    init = functools.partial(module.init, **dict(kwargs))  # flags stay static under tracing
-    return record_calls(jax.eval_shape, init, rngs, *args)
-
-
-def trace(
-    module: nn.Module,
-    variables: Mapping[str, Any] | None,
-    args: tuple,
-    kwargs: Mapping[str, Any],
-) -> tuple[ModuleNode, Any]:
-    """Runs ``module.init`` abstractly and returns ``(hierarchy, abstract variables)``.
-
-    The hierarchy holds ``variables`` when given (the caller's arrays, never copied),
-    otherwise the abstract ``jax.ShapeDtypeStruct`` leaves of the init. Traces are
-    cached by module configuration, input shapes and keyword arguments.
-    """
-    spec = _input_spec(args)
-    try:
-        key = (module, spec, tuple(sorted(kwargs.items())))
-        hash(key)
-    except TypeError:  # an unhashable module or keyword value: trace without the cache
-        key = None
-    if key is None or spec is None:
-        rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-        init = functools.partial(module.init, **kwargs)
-        abstract, calls = record_calls(jax.eval_shape, init, rngs, *args)
-    else:
-        abstract, calls = _abstract_trace(*key)
-    return build_hierarchy(calls, abstract if variables is None else variables), abstract
 
 
 def iter_layers(node: ModuleNode | Layer):

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import pytest
 
 from dpiat_jax.blocks import blocks, to_spec_tree
-from dpiat_jax.layers import Layer, trace
+from dpiat_jax.layers import Layer
 from dpiat_jax.spec import LayerSpec
+from dpiat_jax.trace.linen import trace
 
 
 def names(tree: list) -> list:

@@ -1,9 +1,10 @@
 """``dpiat-jax transfer | match | rank`` on Orbax checkpoints written by the training loop.
 
 Sources are trained for a few steps on a digits subset and saved with
-``dpiat_jax.train.save_checkpoint``, once as a variables dict and once as a TrainState; the
-commands run through ``dpiat_jax.cli.main`` and their output checkpoints are restored and
-compared with the target's fresh init and with ``dpiat_jax.transfer`` called directly.
+``dpiat_jax.experiments.train.save_checkpoint``, once as a variables dict and once as a
+TrainState; the commands run through ``dpiat_jax.cli.main`` and their output checkpoints
+are restored and compared with the target's fresh init and with ``dpiat_jax.transfer``
+called directly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 import pytest
 
 import dpiat_jax as dj
-from dpiat_jax import cli, data, train
+from dpiat_jax import cli
+from dpiat_jax.cli import registry
+from dpiat_jax.experiments import data, train
 from dpiat_jax.models import MLP, VGG, VGG_CONFIGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,7 +78,7 @@ def _assert_like_fresh_init(restored, reference):
 
 
 def test_subcommands_registered(capsys):
-    assert {"transfer", "match", "rank"} <= set(cli.SUBCOMMANDS)
+    assert {"transfer", "match", "rank"} <= set(registry.SUBCOMMANDS)
     with pytest.raises(SystemExit) as exc:
         cli.main(["--help"])
     assert exc.value.code == 0

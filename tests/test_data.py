@@ -1,4 +1,4 @@
-"""Tests for dpiat_jax.data: offline loaders, TFDS (mocked, no network), batching."""
+"""Tests for dpiat_jax.experiments.data: offline loaders, TFDS (mocked, no network), batching."""
 
 import random
 import socket
@@ -6,7 +6,7 @@ import socket
 import numpy as np
 import pytest
 
-from dpiat_jax import data
+from dpiat_jax.experiments import data
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from dpiat_jax import cli
+from dpiat_jax.cli import registry
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,9 +28,9 @@ def test_no_command_prints_help(capsys):
 
 
 def test_subcommands_registered():
-    assert list(cli.SUBCOMMANDS)[:2] == ["demo", "experiment"]
+    assert list(registry.SUBCOMMANDS)[:2] == ["demo", "experiment"]
     with pytest.raises(ValueError, match="already registered"):
-        cli.subcommand("demo", help="again")(lambda args: 0)
+        registry.subcommand("demo", help="again")(lambda args: 0)
 
 
 @pytest.mark.skipif(shutil.which("dpiat-jax") is None, reason="console script not installed")
@@ -57,7 +58,7 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_experiment_command_wiring(tmp_path, monkeypatch):
-    from dpiat_jax import experiment
+    from dpiat_jax.experiments import protocol as experiment
 
     calls = []
     monkeypatch.setattr(
@@ -74,7 +75,7 @@ def test_experiment_command_wiring(tmp_path, monkeypatch):
 
 
 def test_experiment_command_default_out(monkeypatch):
-    from dpiat_jax import experiment
+    from dpiat_jax.experiments import protocol as experiment
 
     calls = []
     monkeypatch.setattr(experiment, "run_experiment", lambda config, out, **kw: calls.append(out))

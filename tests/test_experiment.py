@@ -1,4 +1,4 @@
-"""Tests for dpiat_jax.experiment: configs and the runner end to end on a tiny config."""
+"""Tests for dpiat_jax.experiments.protocol: configs and the runner end to end on a tiny config."""
 
 import csv
 import json
@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dpiat_jax import experiment
-from dpiat_jax.experiment import ExperimentConfig, ModelSpec, build_model, load_config
+from dpiat_jax.experiments import protocol as experiment
+from dpiat_jax.experiments.protocol import ExperimentConfig, ModelSpec, build_model, load_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RNGS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}

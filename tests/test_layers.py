@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dpiat_jax.layers import Layer, ModuleNode, layers, trace
+from dpiat_jax.layers import Layer, ModuleNode, layers
 from dpiat_jax.spec import LayerSpec
+from dpiat_jax.trace.linen import trace
 
 
 class One(nn.Module):

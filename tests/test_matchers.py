@@ -20,8 +20,9 @@ from strategies import random_tree, trees
 
 import dpiat_jax
 from dpiat_jax import alignment
-from dpiat_jax.matchers import MATCHERS, align, get_matcher, matcher_similarity
+from dpiat_jax.matchers import MATCHERS, align, get_matcher
 from dpiat_jax.scores import layer_score
+from dpiat_jax.similarity import tree_similarity as matcher_similarity
 from dpiat_jax.spec import LayerSpec, get_at, iter_leaves
 
 TOL = 1e-5

@@ -1,4 +1,5 @@
-"""Tests for dpiat_jax.methods: the matcher x tensor-rule grid end to end on a tiny config."""
+"""Tests for dpiat_jax.experiments.methods: the matcher x tensor-rule grid end to end on a
+tiny config."""
 
 import csv
 import json
@@ -6,7 +7,8 @@ import math
 
 import pytest
 
-from dpiat_jax import experiment, methods
+from dpiat_jax.experiments import methods
+from dpiat_jax.experiments import protocol as experiment
 
 TINY = {
     "name": "tiny",

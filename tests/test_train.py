@@ -1,4 +1,4 @@
-"""Tests for dpiat_jax.train: learning, reproducibility, evaluation, checkpoints."""
+"""Tests for dpiat_jax.experiments.train: learning, reproducibility, evaluation, checkpoints."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from dpiat_jax import data, train
+from dpiat_jax.experiments import data, train
 
 
 class TinyMLP(nn.Module):

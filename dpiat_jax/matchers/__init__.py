@@ -31,19 +31,16 @@ from jax import lax
 from scipy.optimize import linear_sum_assignment
 
 from dpiat_jax import alignment as _alignment
-from dpiat_jax.alignment import TIE_TOLERANCE, Alignment, alignment_scores, similarity_of_trees
+from dpiat_jax.alignment import TIE_TOLERANCE, Alignment, alignment_scores
 from dpiat_jax.scores import layer_score, shape_score_matrix
 from dpiat_jax.spec import IndexPath, LayerSpec, SpecTree, iter_leaves, validate_tree
 
 __all__ = [
     "Matcher",
     "MATCHERS",
-    "SIMILARITY_MATCHERS",
     "align",
     "get_matcher",
     "matcher_name",
-    "matcher_similarity",
-    "similarity_matcher",
     "dp",
     "flat",
     "bipartite",
@@ -434,9 +431,6 @@ MATCHERS: dict[str, Matcher] = {
     "random": random_matching,
 }
 
-#: The matchers whose normalised score is a similarity (:func:`matcher_similarity`).
-SIMILARITY_MATCHERS = ("dp", "bipartite")
-
 
 def get_matcher(matcher: str | Matcher) -> Matcher:
     """Returns the matcher for a name in :data:`MATCHERS`, or ``matcher`` itself if it is
@@ -491,29 +485,3 @@ def align(
             "must return a dpiat_jax.Alignment(score, pairs)."
         )
     return result
-
-
-def similarity_matcher(matcher: str | Matcher) -> str:
-    """Returns the name of a matcher that defines a similarity (``"dp"`` or
-    ``"bipartite"``, by name or as the registered function); ``ValueError`` otherwise."""
-    name = matcher_name(matcher) if callable(matcher) else matcher
-    if name not in SIMILARITY_MATCHERS:
-        raise ValueError(
-            f"similarity is defined for the matchers {list(SIMILARITY_MATCHERS)}, not "
-            f"{name!r}: the other matchers' scores are not normalised."
-        )
-    return name
-
-
-def matcher_similarity(src_tree: SpecTree, dst_tree: SpecTree, matcher: str = "dp") -> float:
-    """How completely ``src_tree`` can seed ``dst_tree`` under a matcher.
-
-    ``dp``: ``score(src, dst) / score(dst, dst)``; ``bipartite``: the bipartite
-    normalised score. Other matchers have no similarity (``ValueError``).
-    """
-    name = similarity_matcher(matcher)
-    validate_tree(src_tree, argname="src")
-    validate_tree(dst_tree, argname="dst")
-    if name == "dp":
-        return similarity_of_trees(src_tree, dst_tree)
-    return bipartite(src_tree, dst_tree).score

@@ -1,10 +1,12 @@
 """``dpiat-jax transfer | match | rank``: DPIAT on Orbax checkpoints from the command line.
 
-A checkpoint is a directory written by :func:`dpiat_jax.train.save_checkpoint` (or any
-Orbax ``StandardCheckpointer``) holding either a variables dict (``{"params": ...,
-"batch_stats": ...}``), a bare params collection, or a :class:`~dpiat_jax.train.TrainState`,
-of which ``params`` and ``batch_stats`` are used (the optimiser state is ignored). It is
-restored without a target, as nested dicts.
+A checkpoint is a directory written by
+:func:`dpiat_jax.experiments.train.save_checkpoint` (or any Orbax
+``StandardCheckpointer``) holding either a variables dict (``{"params": ...,
+"batch_stats": ...}``), a bare params collection, or a
+:class:`~dpiat_jax.experiments.train.TrainState`, of which ``params`` and
+``batch_stats`` are used (the optimiser state is ignored). It is restored without a
+target, as nested dicts.
 
 An architecture is named by an import path ``module:Class`` (``dpiat_jax.models:CifarResNet``,
 ``my_project.nets:Net``) and its constructor arguments as a JSON object
@@ -45,7 +47,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dpiat_jax.cli import SUBCOMMANDS, subcommand
+from dpiat_jax.cli.registry import SUBCOMMANDS, subcommand
 
 __all__ = ["CliError", "Source", "load_checkpoint_variables", "load_definition"]
 
@@ -259,33 +261,33 @@ _TRAIN_STATE_FIELDS = ("step", "opt_state", "dropout_key")
 def load_checkpoint_variables(path: str, option: str = "--src") -> dict[str, Any]:
     """Restores an Orbax checkpoint without a target and returns its model variables.
 
-    A :class:`~dpiat_jax.train.TrainState` checkpoint gives ``{"params", "batch_stats"}``
-    (the latter when saved); a variables dict is returned as is; a bare params collection
-    becomes ``{"params": ...}``.
+    A :class:`~dpiat_jax.experiments.train.TrainState` checkpoint gives
+    ``{"params", "batch_stats"}`` (the latter when saved); a variables dict is returned
+    as is; a bare params collection becomes ``{"params": ...}``.
     """
     if not os.path.exists(path):
         raise CliError(
             f"{option} {path}: no such checkpoint directory; pass the directory that "
-            "dpiat_jax.train.save_checkpoint wrote"
+            "dpiat_jax.experiments.train.save_checkpoint wrote"
         )
     if not os.path.isdir(path):
         raise CliError(
             f"{option} {path} is a file; an Orbax checkpoint is a directory (the path "
-            "given to dpiat_jax.train.save_checkpoint)"
+            "given to dpiat_jax.experiments.train.save_checkpoint)"
         )
-    from dpiat_jax import train
+    from dpiat_jax.experiments import train
 
     try:
         tree = train.restore_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - Orbax raises many types for unreadable dirs
         raise CliError(
             f"{option} {path} is not a readable Orbax checkpoint ({_first_line(err)}); pass "
-            "a directory written by dpiat_jax.train.save_checkpoint"
+            "a directory written by dpiat_jax.experiments.train.save_checkpoint"
         ) from None
     if not isinstance(tree, Mapping) or not tree:
         raise CliError(
             f"{option} {path} holds a {type(tree).__name__}, not model variables; save a "
-            "variables dict or a TrainState with dpiat_jax.train.save_checkpoint"
+            "variables dict or a TrainState with dpiat_jax.experiments.train.save_checkpoint"
         )
     tree = dict(tree)
     if "params" in tree and isinstance(tree["params"], Mapping):
@@ -405,7 +407,7 @@ def _resolve_input(module: Any, variables: dict[str, Any], shape: Any, src: Sour
     Raises :class:`CliError` naming the mismatching paths when none fits."""
     import jax.numpy as jnp
 
-    from dpiat_jax import inputs
+    from dpiat_jax.trace import inputs
 
     kwargs = inputs.call_kwargs_for(module, None)
     if shape is not None:
@@ -470,7 +472,7 @@ def _load_target(args: argparse.Namespace) -> Any:
 
 
 def _runs(module: Any, x: Any) -> bool:
-    from dpiat_jax import inputs
+    from dpiat_jax.trace import inputs
 
     try:
         inputs.abstract_init(module, inputs.CallSpec(x, inputs.call_kwargs_for(module, None)))
@@ -481,7 +483,7 @@ def _runs(module: Any, x: Any) -> bool:
 
 def _check_target(dst: Any, x: Any, args: argparse.Namespace) -> None:
     """Fails early, in command-line terms, when the target cannot run on the input."""
-    from dpiat_jax import inputs
+    from dpiat_jax.trace import inputs
 
     kwargs = inputs.call_kwargs_for(dst, None)
     try:
@@ -625,7 +627,7 @@ def _transfer_body(args: argparse.Namespace) -> int:
     import jax
 
     import dpiat_jax as dj
-    from dpiat_jax import train
+    from dpiat_jax.experiments import train
 
     rng = jax.random.key(args.seed)
     progress(f"transferring {src.definition} -> {args.dst_def}")

@@ -1,7 +1,8 @@
 """The published DPIAT evaluation protocol as a reproducible experiment runner.
 
 An experiment is described by a JSON config (a path, or the name of a file shipped in
-``dpiat_jax/configs/``: ``digits``, ``mnist1d``, ``cifar10``, ``cifar100``). The protocol:
+``dpiat_jax/experiments/configs/``: ``digits``, ``mnist1d``, ``cifar10``, ``cifar100``).
+The protocol:
 
 1. Every *source* is trained once ("pretrained") and cached as an Orbax checkpoint under
    ``<out>/sources/<name>/``; a rerun with the same settings restores it instead.
@@ -35,7 +36,7 @@ pair and ``E``), ``results.md`` (tables, averages, Spearman), ``results.json``,
 finished runs that lets an interrupted experiment resume.
 
 The transfers use :func:`dpiat_jax.transfer`'s ``dp`` matcher and ``clip`` tensor rule.
-``dpiat-jax methods`` (:mod:`dpiat_jax.methods`) reruns the transfer arm with other
+``dpiat-jax methods`` (:mod:`dpiat_jax.experiments.methods`) reruns the transfer arm with other
 matchers and tensor rules in the same folder, sharing the sources, the random-init runs
 and ``runs.jsonl``: the cache key of a transfer with another method includes it, and
 transfer rows record ``matcher`` and ``tensor_rule`` (rows without them are ``dp`` +
@@ -177,7 +178,7 @@ class PairSpec:
 class ExperimentConfig:
     """An experiment: dataset, sources, targets, pairs and the training protocol.
 
-    Attributes mirror the JSON fields; see ``dpiat_jax/configs/digits.json`` for an
+    Attributes mirror the JSON fields; see ``dpiat_jax/experiments/configs/digits.json`` for an
     example. ``pretrain`` holds overrides of the training settings (``batch_size``,
     ``learning_rate``, ``optimizer``, ``weight_decay``, ``schedule``, ``augment``,
     ``flip``) used for the sources, and ``pretrain_epochs``, the default number of source
@@ -289,11 +290,11 @@ class ExperimentConfig:
 
 
 def _configs_dir():
-    return importlib.resources.files("dpiat_jax") / "configs"
+    return importlib.resources.files("dpiat_jax.experiments") / "configs"
 
 
 def available_configs() -> list[str]:
-    """Names of the configs shipped in ``dpiat_jax/configs``."""
+    """Names of the configs shipped in ``dpiat_jax/experiments/configs``."""
     return sorted(
         p.name[: -len(".json")] for p in _configs_dir().iterdir() if p.name.endswith(".json")
     )
@@ -385,7 +386,7 @@ class _Trainer:
         return self._modules[key]
 
     def tx(self, settings: Mapping[str, Any], epochs: int):
-        from dpiat_jax import train
+        from dpiat_jax.experiments import train
 
         steps = epochs * max(self.dataset.num_train // settings["batch_size"], 1)
         key = _digest([settings["optimizer"], settings["learning_rate"], steps,
@@ -407,7 +408,7 @@ class _Trainer:
         return module.init(rngs, self.sample_input, train=False)
 
     def fit(self, module, variables, settings: Mapping[str, Any], epochs: int, seed: int):
-        from dpiat_jax import train
+        from dpiat_jax.experiments import train
 
         return train.fit(
             module,
@@ -654,7 +655,7 @@ def _device_summary() -> str:
 
 
 def _load_dataset(cfg: ExperimentConfig):
-    from dpiat_jax import data
+    from dpiat_jax.experiments import data
 
     dataset = data.load(cfg.dataset, **dict(cfg.dataset_kwargs))
     if cfg.max_train is not None or cfg.max_test is not None:
@@ -666,7 +667,7 @@ def _pretrain_source(trainer: _Trainer, cfg: ExperimentConfig, name: str, cache_
     """Trains source ``name`` or restores it from ``cache_dir``; returns (module, vars, info)."""
     import jax
 
-    from dpiat_jax import train
+    from dpiat_jax.experiments import train
 
     spec = cfg.sources[name]
     module = trainer.module(spec)
@@ -983,7 +984,7 @@ def run_experiment(
     """Runs the transfer-versus-random protocol of a config and writes its results.
 
     The transfers use :func:`dpiat_jax.transfer`'s defaults (``dp`` + ``clip``); see
-    :func:`dpiat_jax.methods.run_methods` for other matchers and tensor rules.
+    :func:`dpiat_jax.experiments.methods.run_methods` for other matchers and tensor rules.
 
     Args:
       config: A config path, shipped name, dict or :class:`ExperimentConfig`.

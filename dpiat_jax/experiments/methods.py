@@ -1,6 +1,6 @@
 """The methods table: every matcher x tensor-rule combination under the experiment protocol.
 
-For one experiment config (:mod:`dpiat_jax.experiment`), :func:`run_methods` trains every
+For one experiment config (:mod:`dpiat_jax.experiments.protocol`), :func:`run_methods` trains every
 target of every pair ``E`` epochs from the transfer made with each ``(matcher,
 tensor_rule)`` combination (:func:`dpiat_jax.transfer`'s ``matcher`` and ``tensor_rule``),
 over the config's seeds, and compares each with the random initialisation exactly as
@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpiat_jax.experiment import (
+from dpiat_jax.experiments.protocol import (
     DEFAULT_METHOD,
     _device_summary,
     _effective_config,

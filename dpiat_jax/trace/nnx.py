@@ -18,7 +18,7 @@ from typing import Any
 import jax
 from flax import nnx, traverse_util
 
-from dpiat_jax.layers import ModuleNode, _Call, build_hierarchy
+from dpiat_jax.layers import ModuleCall, ModuleNode, build_hierarchy
 
 __all__ = ["is_nnx", "nnx_variables", "trace_nnx", "with_variables"]
 
@@ -121,7 +121,7 @@ def trace_nnx(
     owners = {path[:-1] for path, _, _ in _variables(model)}
     paths += [p for p in by_path if p in owners and p not in paths]
     calls = [
-        _Call(
+        ModuleCall(
             p,
             type(by_path[p]),
             {"feature_group_count": getattr(by_path[p], "feature_group_count", None)},

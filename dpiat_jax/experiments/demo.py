@@ -97,7 +97,7 @@ class DemoResult:
 
 def _train_one_epoch(state, dataset, settings: DemoSettings, seed: int, eval_at: set[int]):
     """One shuffled epoch of ``train_step``; test accuracy at step 0 and at ``eval_at``."""
-    from dpiat_jax import data, train
+    from dpiat_jax.experiments import data, train
 
     rng = np.random.default_rng(seed)
     accs = [train.evaluate(state, dataset.x_test, dataset.y_test)["accuracy"]]
@@ -166,7 +166,7 @@ def run_demo(
     import jax
 
     import dpiat_jax as dj
-    from dpiat_jax import data, train
+    from dpiat_jax.experiments import data, train
     from dpiat_jax.models import CifarResNet
 
     if seeds < 1:

@@ -27,7 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from dpiat_jax.data import Dataset, batches
+from dpiat_jax.experiments.data import Dataset, batches
 
 __all__ = [
     "EpochRecord",
@@ -202,7 +202,7 @@ def train_epoch(
       dataset: The dataset; only ``x_train``/``y_train`` are used.
       batch_size: Examples per step.
       rng: Numpy generator for shuffling and augmentation (advanced in place).
-      augment: Random-translation augmentation, see :func:`dpiat_jax.data.batches`.
+      augment: Random-translation augmentation, see :func:`dpiat_jax.experiments.data.batches`.
       flip: Also random horizontal flips (natural images).
 
     Returns:

@@ -1,111 +1,16 @@
-"""The ``dpiat-jax`` command line.
+"""``dpiat-jax demo``, ``experiment`` and ``methods``: the experiment subcommands.
 
-Subcommands live in a registry: each is one function taking the parsed arguments and
-returning an exit code, registered with :func:`subcommand` together with a function that
-adds its arguments to its own ``argparse`` subparser. A new subcommand (say ``transfer``,
-``match`` or ``rank`` on checkpoints) is one more decorated function::
-
-    def _match_args(parser):
-        parser.add_argument("source")
-        ...
-
-    @subcommand("match", help="...", add_arguments=_match_args)
-    def _match(args) -> int:
-        ...
-        return 0
-
-Subcommand modules (the models, training, plotting) are imported inside the subcommand
+The experiment modules (models, training, data) are imported inside the subcommand
 functions, so ``dpiat-jax --help`` only pays for importing the package itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import shlex
-import sys
-from collections.abc import Callable, Sequence
 
-__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main", "subcommand"]
+from dpiat_jax.cli.registry import command_line, subcommand
 
-
-@dataclasses.dataclass(frozen=True)
-class Subcommand:
-    """A registered subcommand: its name, help text, argument setup and entry function."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    description: str = ""
-
-
-SUBCOMMANDS: dict[str, Subcommand] = {}
-"""Registered subcommands by name, in registration order (the order ``--help`` lists)."""
-
-
-def subcommand(
-    name: str,
-    *,
-    help: str,
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-    description: str = "",
-) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Decorator registering ``fn(args) -> exit code`` as the subcommand ``name``."""
-
-    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        if name in SUBCOMMANDS:
-            raise ValueError(f"Subcommand {name!r} is already registered.")
-        SUBCOMMANDS[name] = Subcommand(
-            name=name,
-            help=help,
-            add_arguments=add_arguments or (lambda parser: None),
-            run=fn,
-            description=description or (fn.__doc__ or help),
-        )
-        return fn
-
-    return register
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per registered subcommand."""
-    from dpiat_jax import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="dpiat-jax",
-        description=(
-            "DPIAT inter-architecture parameter transfer for JAX/Flax: initialise a new "
-            "architecture from a trained model of a different one."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for cmd in SUBCOMMANDS.values():
-        sub = subparsers.add_parser(
-            cmd.name,
-            help=cmd.help,
-            description=cmd.description,
-        )
-        cmd.add_arguments(sub)
-        sub.set_defaults(_subcommand=cmd.name)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dpiat-jax`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    name = getattr(args, "_subcommand", None)
-    if name is None:
-        parser.print_help()
-        return 2
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    return int(SUBCOMMANDS[name].run(args) or 0)
-
-
-def _command_line(args: argparse.Namespace) -> str:
-    return "dpiat-jax " + " ".join(shlex.quote(a) for a in args.argv)
+__all__: list[str] = []
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +42,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     ),
 )
 def _demo(args: argparse.Namespace) -> int:
-    from dpiat_jax.demo import run_demo
+    from dpiat_jax.experiments.demo import run_demo
 
     run_demo(out_dir=args.out, seeds=args.seeds, quick=args.quick)
     return 0
@@ -193,7 +98,7 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
 def _experiment(args: argparse.Namespace) -> int:
     import os
 
-    from dpiat_jax.experiment import load_config, run_experiment
+    from dpiat_jax.experiments.protocol import load_config, run_experiment
 
     config = load_config(args.config)
     out = args.out or os.path.join("runs", "experiments", config.name)
@@ -205,7 +110,7 @@ def _experiment(args: argparse.Namespace) -> int:
         max_pairs=args.max_pairs,
         quick=args.quick,
         resume=not args.no_resume,
-        command=_command_line(args),
+        command=command_line(args),
     )
     return 0
 
@@ -257,8 +162,8 @@ def _methods_args(parser: argparse.ArgumentParser) -> None:
 def _methods(args: argparse.Namespace) -> int:
     import os
 
-    from dpiat_jax.experiment import load_config
-    from dpiat_jax.methods import all_combinations, parse_combinations, run_methods
+    from dpiat_jax.experiments.methods import all_combinations, parse_combinations, run_methods
+    from dpiat_jax.experiments.protocol import load_config
 
     config = load_config(args.config)
     out = args.out or os.path.join("runs", "experiments", config.name)
@@ -275,14 +180,8 @@ def _methods(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_pairs=args.max_pairs,
         quick=args.quick,
-        command=_command_line(args),
+        command=command_line(args),
         note=args.note,
         verbose=not args.quiet,
     )
     return 0
-
-
-from dpiat_jax import cli_checkpoints  # noqa: E402, F401  (transfer, match, rank)
-
-if __name__ == "__main__":
-    sys.exit(main())
