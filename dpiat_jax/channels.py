@@ -82,6 +82,8 @@ import numpy as np
 from flax import traverse_util
 from jax.extend import core as jcore
 
+from dpiat_jax.tensors import get_tensor_rule
+
 __all__ = [
     "ChannelGraph",
     "trace_channels",
@@ -603,11 +605,9 @@ def call_order_channels(layers: Sequence[Any]) -> ChannelGraph:
 
 
 def needs_channels(rule: Any) -> bool:
-    """Whether a tensor rule keeps channel subsets (exposes ``select_channels`` and
-    ``apply_channels``; see :mod:`dpiat_jax.tensors`)."""
-    return callable(getattr(rule, "select_channels", None)) and callable(
-        getattr(rule, "apply_channels", None)
-    )
+    """Whether a tensor rule (a :class:`~dpiat_jax.tensors.TensorRule`, a name or a
+    function) keeps channel subsets."""
+    return get_tensor_rule(rule).selects_channels
 
 
 def target_channels(

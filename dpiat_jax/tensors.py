@@ -11,14 +11,14 @@ largest-L1 channels when shrinking, source at the start when growing), ``full`` 
 target position filled from a source position, random ones outside the centre) and
 ``uniform`` (evenly spaced source positions when shrinking).
 
-Channel-consistent rules. A rule that keeps a *subset* of channels may also carry two
-attributes, which :func:`dpiat_jax.variables.write_tensors` uses to keep one subset per
-channel space of the target (:mod:`dpiat_jax.channels`):
+Channel-consistent rules. A rule that keeps a *subset* of channels also carries two
+functions in its :class:`TensorRule` record, which :func:`dpiat_jax.variables.write_tensors`
+uses to keep one subset per channel space of the target (:mod:`dpiat_jax.channels`):
 
-* ``rule.select_channels(members, b) -> indices``: ``members`` are ``(source array,
+* ``select_channels(members, b) -> indices``: ``members`` are ``(source array,
   dimension)`` pairs that rank one channel space (the output dimensions of its
   producing kernels); returns the ``b`` source indices to keep (int array, in order);
-* ``rule.apply_channels(src, dst, rng, channel_axes, selections) -> array``: the rule
+* ``apply_channels(src, dst, rng, channel_axes, selections) -> array``: the rule
   with the target's channel dimensions ``channel_axes`` known and, for the shrinking
   ones, the source indices to keep (``selections``: dimension -> indices).
 
@@ -33,6 +33,7 @@ for every rule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from jax import lax
 
 __all__ = [
     "TensorRule",
+    "TensorFn",
     "clip",
     "magnitude",
     "full",
@@ -59,7 +61,61 @@ __all__ = [
     "tensor_rule_name",
 ]
 
-TensorRule = Callable[[jax.Array, jax.Array, Any], jax.Array]
+#: ``(src, dst, rng) -> array``: a tensor rule as a plain function.
+TensorFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+#: ``(members, b) -> indices``: the channels one channel space keeps.
+SelectChannelsFn = Callable[[Sequence[tuple[jax.Array, int]], int], jax.Array]
+#: ``(src, dst, rng, channel_axes, selections) -> array``: the rule with known channels.
+ApplyChannelsFn = Callable[
+    [jax.Array, jax.Array, Any, Sequence[int], Mapping[int, jax.Array]], jax.Array
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """A tensor rule: how one matched source tensor moves into a target tensor.
+
+    Like optax's ``GradientTransformation``, a rule is a small record of functions.
+
+    Attributes:
+      name: the name a report records (the registry name for the built-in rules).
+      apply: ``(src, dst, rng) -> array`` with ``dst``'s shape and dtype; ``dst`` is the
+        target's fresh init and supplies every position the source does not cover.
+      select_channels: for a channel-selecting rule, ``(members, b) -> indices`` (see
+        the module notes); None for a rule applied per tensor.
+      apply_channels: for a channel-selecting rule, ``(src, dst, rng, channel_axes,
+        selections) -> array``; None otherwise.
+
+    A record is callable as its ``apply``:
+
+    >>> import jax.numpy as jnp
+    >>> rule = get_tensor_rule("clip")
+    >>> rule(jnp.arange(4.0), jnp.zeros(2), None)
+    Array([1., 2.], dtype=float32)
+    >>> rule.selects_channels
+    False
+    """
+
+    name: str
+    apply: TensorFn
+    select_channels: SelectChannelsFn | None = None
+    apply_channels: ApplyChannelsFn | None = None
+
+    def __post_init__(self) -> None:
+        if (self.select_channels is None) != (self.apply_channels is None):
+            raise ValueError(
+                f"TensorRule {self.name!r}: give both select_channels and apply_channels "
+                "(a channel-selecting rule) or neither (a per-tensor rule)."
+            )
+
+    @property
+    def selects_channels(self) -> bool:
+        """Whether the rule keeps one channel subset per channel space."""
+        return self.select_channels is not None
+
+    def __call__(self, src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
+        """Applies the rule to one tensor pair (``apply``)."""
+        return self.apply(src, dst, rng)
 
 
 def centre_slices(src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
@@ -231,10 +287,6 @@ def _magnitude_apply(
     return _magnitude_core(src, dst, list(channel_axes), selections)
 
 
-magnitude.select_channels = _magnitude_select
-magnitude.apply_channels = _magnitude_apply
-
-
 def full(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     """Fills the whole target from the source (design.md, "Other tensor rules").
 
@@ -305,10 +357,6 @@ def _uniform_apply(
         else:
             dst_slices.append(slice(None))
     return _place(src, dst, tuple(dst_slices))
-
-
-uniform.select_channels = _uniform_select
-uniform.apply_channels = _uniform_apply
 
 
 # ----------------------------------------------------------------------------------
@@ -388,32 +436,39 @@ def resize_positional(
 
 #: The tensor rules selectable by name.
 TENSOR_RULES: dict[str, TensorRule] = {
-    "clip": clip,
-    "magnitude": magnitude,
-    "full": full,
-    "uniform": uniform,
+    "clip": TensorRule("clip", clip),
+    "magnitude": TensorRule("magnitude", magnitude, _magnitude_select, _magnitude_apply),
+    "full": TensorRule("full", full),
+    "uniform": TensorRule("uniform", uniform, _uniform_select, _uniform_apply),
 }
 
 
-def get_tensor_rule(rule: str | TensorRule) -> TensorRule:
-    """Returns the tensor rule for a name in :data:`TENSOR_RULES`, or ``rule`` itself if
-    it is callable; a clear ``ValueError`` otherwise."""
-    if callable(rule):
+def get_tensor_rule(rule: str | TensorRule | TensorFn) -> TensorRule:
+    """Returns the :class:`TensorRule` for a name in :data:`TENSOR_RULES`, a record as
+    is, or a plain function ``(src, dst, rng) -> array`` wrapped as a per-tensor rule
+    (named after the function).
+
+    Raises:
+      ValueError: for an unknown name or anything else, naming the valid choices.
+
+    >>> get_tensor_rule("magnitude").selects_channels
+    True
+    """
+    if isinstance(rule, TensorRule):
         return rule
     if isinstance(rule, str) and rule in TENSOR_RULES:
         return TENSOR_RULES[rule]
+    if callable(rule):
+        for record in TENSOR_RULES.values():
+            if record.apply is rule:  # a built-in rule's function keeps its channels
+                return record
+        return TensorRule(getattr(rule, "__name__", type(rule).__name__), rule)
     raise ValueError(
         f"Unknown tensor_rule {rule!r}; use one of {list(TENSOR_RULES)} or pass a function "
         "(src_array, dst_array, rng) -> array of the target's shape and dtype."
     )
 
 
-def tensor_rule_name(rule: str | TensorRule) -> str:
+def tensor_rule_name(rule: str | TensorRule | TensorFn) -> str:
     """The name a report records: the registry name, else the function's name."""
-    if isinstance(rule, str):
-        get_tensor_rule(rule)
-        return rule
-    for name, fn in TENSOR_RULES.items():
-        if fn is rule:
-            return name
-    return getattr(rule, "__name__", type(rule).__name__)
+    return get_tensor_rule(rule).name

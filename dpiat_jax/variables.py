@@ -139,7 +139,7 @@ def write_tensors(
         dst = flat[key]
         axes = channel_axes(graph, key) if graph is not None else None
         if axes is None:
-            new = rule(source, dst, jax.random.fold_in(rng, counter))
+            new = rule.apply(source, dst, jax.random.fold_in(rng, counter))
         else:
             chosen = {}
             for axis in axes:

@@ -333,7 +333,7 @@ def test_channel_rules_jit_and_keep_dtype():
     src = jax.random.normal(jax.random.key(0), (3, 3, 8, 6))
     dst = jnp.zeros((3, 3, 4, 6), jnp.bfloat16)
     sel = {2: jnp.array([0, 2, 5, 7])}
-    for rule in (magnitude, uniform):
+    for rule in (TENSOR_RULES["magnitude"], TENSOR_RULES["uniform"]):
         eager = rule.apply_channels(src, dst, None, (2, 3), sel)
         jitted = jax.jit(rule.apply_channels, static_argnums=(2, 3))(src, dst, None, (2, 3), sel)
         assert eager.dtype == jnp.bfloat16 and eager.shape == dst.shape
@@ -345,9 +345,11 @@ def test_magnitude_selection_sums_normalised_producers():
     a = jnp.array([[1.0, 0, 0, 4]])  # norms 1 0 0 4 (mean 1.25)
     b = jnp.array([[0.0, 30, 20, 10]])  # norms 0 30 20 10 (mean 15)
     # normalised: [0.8, 0, 0, 3.2] + [0, 2, 1.33, 0.67] -> 0.8, 2, 1.33, 3.87
-    np.testing.assert_array_equal(magnitude.select_channels([(a, 1), (b, 1)], 2), [1, 3])
-    np.testing.assert_array_equal(magnitude.select_channels([(b, 1)], 2), [1, 2])
-    np.testing.assert_array_equal(uniform.select_channels([(b, 1)], 2), [0, 3])
+    np.testing.assert_array_equal(
+        TENSOR_RULES["magnitude"].select_channels([(a, 1), (b, 1)], 2), [1, 3]
+    )
+    np.testing.assert_array_equal(TENSOR_RULES["magnitude"].select_channels([(b, 1)], 2), [1, 2])
+    np.testing.assert_array_equal(TENSOR_RULES["uniform"].select_channels([(b, 1)], 2), [0, 3])
 
 
 def test_selections_keyed_by_source_size():
@@ -363,7 +365,7 @@ def test_selections_keyed_by_source_size():
         (("b",), -jnp.arange(6.0), (3,)),
         (("c",), jnp.array([5.0, 0, 0, 9]), (3,)),
     ]
-    sel = channel_selections(graph, items, magnitude.select_channels)
+    sel = channel_selections(graph, items, TENSOR_RULES["magnitude"].select_channels)
     np.testing.assert_array_equal(sel[(0, 6, 3)], [3, 4, 5])  # ranked by the producer a
     np.testing.assert_array_equal(sel[(0, 4, 3)], [0, 1, 3])  # no producer of size 4: c
 
