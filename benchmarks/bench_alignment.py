@@ -5,9 +5,14 @@ growth of time with the number of layers.
     python benchmarks/bench_alignment.py [--quick] [--out benchmarks/results]
 
 Prints markdown tables (also written to OUT/alignment.md) and a plot (OUT/scaling.png).
-"warm" is the median of repeated calls in a process that already ran the same shapes;
-"cold" the first call in a fresh process whose JAX compilation cache an earlier process
-filled; "first-ever" the first call in a fresh process with an empty cache.
+"oracle" is the best of up to three calls of the plain-Python oracle; "warm" is the
+median of repeated calls in a process that already ran the same shapes
+(for the default policy, "auto", after its second call, which compiles); "cold" the
+first call in a fresh process whose JAX compilation cache (opted in with
+``dpiat_jax.enable_compilation_cache``) an earlier process filled; "first-ever" the
+first call in a fresh process with an empty cache. The headline figure is "auto warm":
+``dpiat_jax.align`` with default settings, against the plain-Python oracle of the same
+recurrence measured in the same run.
 """
 
 from __future__ import annotations
@@ -33,12 +38,18 @@ ZOO_PAIRS = [
 SYNTHETIC = [10, 30, 100, 300, 1000, 2000]
 ORACLE_LIMIT_S = 60.0
 
+WARM_REPEATS = 7
+HEADLINE = [("efficientnet_b7", "efficientnet_b2"), ("resnet152", "resnet50")]
+
 CHILD = """
 import time
-from dpiat_jax import alignment, matchers
-alignment.set_kernel(PAYLOAD["policy"])
+import dpiat_jax
+from dpiat_jax import matchers
+from dpiat_jax.alignment import kernel_policy
+dpiat_jax.enable_compilation_cache(PAYLOAD["cache"])
 t = time.perf_counter()
-matchers.align(PAYLOAD["src"], PAYLOAD["dst"], matcher=PAYLOAD.get("matcher", "dp"))
+with kernel_policy(PAYLOAD["policy"]):
+    matchers.align(PAYLOAD["src"], PAYLOAD["dst"], matcher=PAYLOAD.get("matcher", "dp"))
 RESULT = {"first": time.perf_counter() - t}
 """
 VARIANT_PAIRS = [
@@ -59,29 +70,45 @@ def fresh_process_times(
 ) -> tuple[float, float]:
     """(first-ever, cold) seconds of the first align call in fresh processes."""
     with tempfile.TemporaryDirectory() as cache:
-        env = {"DPIAT_JAX_COMPILATION_CACHE": os.path.join(cache, "jax")}
         payload = {"src": src, "dst": dst, "policy": policy, "matcher": matcher}
-        first = run_child(CHILD, payload, env)["first"]
-        cold = run_child(CHILD, payload, env)["first"]
+        payload["cache"] = os.path.join(cache, "jax")
+        first = run_child(CHILD, payload)["first"]
+        cold = run_child(CHILD, payload)["first"]
     return first, cold
 
 
+def oracle_time(fn) -> tuple[float, object]:
+    """The oracle's best time of up to 3 calls (1 when a call takes over a second), and
+    its result: the best of several calls is the figure least disturbed by other load."""
+    best, result = once(fn)
+    for _ in range(2 if best < 1.0 else 0):
+        best = min(best, once(fn)[0])
+    return best, result
+
+
 def measure(src: list, dst: list, oracle_ok: bool, fresh: bool = True) -> dict:
+    """Times ``dpiat_jax.align`` (dp) under each kernel policy, and the oracle."""
     from oracle import oracle_align
 
-    from dpiat_jax import alignment
+    from dpiat_jax import matchers
+    from dpiat_jax.alignment import kernel_policy
 
     row: dict = {"leaves": (count_leaves(src), count_leaves(dst))}
-    for policy in ("jit", "numpy", "auto"):
-        alignment.set_kernel(policy)
-        first, result = once(lambda: alignment.align(src, dst))
-        row[f"{policy}_first_in_process"] = first
-        row[f"{policy}_warm"] = median_time(lambda: alignment.align(src, dst), 5)
-    alignment.set_kernel("auto")
+    call = functools.partial(matchers.align, src, dst)
+    results = []
+    for policy in ("auto", "jit", "numpy"):  # auto first: it meets these shapes first
+        with kernel_policy(policy):
+            row[f"{policy}_first_in_process"], result = once(call)
+            row[f"{policy}_second_in_process"], _ = once(call)
+            row[f"{policy}_warm"] = median_time(call, WARM_REPEATS)
+        results.append(result)
     row["score"] = result.score
     if oracle_ok:
-        row["oracle"], (score, pairs) = once(lambda: oracle_align(unshare(src), unshare(dst)))
-        row["agrees"] = pairs == result.pairs and abs(score - result.score) <= 1e-5 * max(1, score)
+        oracle = functools.partial(oracle_align, unshare(src), unshare(dst))
+        row["oracle"], (score, pairs) = oracle_time(oracle)
+        row["agrees"] = all(
+            r.pairs == pairs and abs(score - r.score) <= 1e-5 * max(1, score) for r in results
+        )
     else:
         row["oracle"], row["agrees"] = float("nan"), None
     if fresh:
@@ -105,15 +132,18 @@ def alignment_rows(cases, fresh: bool) -> tuple[str, list[dict]]:
                 name,
                 f"{r['leaves'][0]} / {r['leaves'][1]}",
                 ms(o),
+                ms(r["auto_warm"]),
+                o / r["auto_warm"],
                 ms(r["jit_warm"]),
                 o / r["jit_warm"],
                 ms(r["numpy_warm"]),
                 o / r["numpy_warm"],
-                ms(r.get("jit_cold", float("nan"))),
+                ms(r["auto_first_in_process"]),
+                ms(r["auto_second_in_process"]),
                 ms(r.get("auto_cold", float("nan"))),
-                o / r.get("auto_cold", float("nan")),
-                ms(r.get("jit_first_ever", float("nan"))),
                 ms(r.get("auto_first_ever", float("nan"))),
+                ms(r.get("jit_cold", float("nan"))),
+                ms(r.get("jit_first_ever", float("nan"))),
                 {True: "yes", False: "NO", None: "-"}[r["agrees"]],
             ]
         )
@@ -121,18 +151,34 @@ def alignment_rows(cases, fresh: bool) -> tuple[str, list[dict]]:
         "pair (src -> dst)",
         "leaves",
         "oracle ms",
+        "auto warm ms",
+        "x oracle",
         "jit warm ms",
         "x oracle",
         "numpy warm ms",
         "x oracle",
-        "jit cold ms",
+        "auto 1st call ms",
+        "auto 2nd call ms",
         "auto cold ms",
-        "x oracle",
-        "jit first-ever ms",
         "auto first-ever ms",
+        "jit cold ms",
+        "jit first-ever ms",
         "same result",
     ]
     return table(headers, rows), out
+
+
+def headline(rows: list[dict]) -> str:
+    """The issue's figure: warm default ``align`` against the oracle, same run."""
+    lines = []
+    for r in rows:
+        if tuple(r["name"].split(" -> ")) in HEADLINE:
+            lines.append(
+                f"- {r['name']}: warm default align {ms(r['auto_warm']):.2f} ms, oracle "
+                f"{ms(r['oracle']):.0f} ms: {r['oracle'] / r['auto_warm']:.0f}x "
+                f"(target >= 100x; same result: {r['agrees']})"
+            )
+    return "\n".join(lines)
 
 
 def ranking(zoo: dict[str, list], quick: bool) -> str:
@@ -220,6 +266,7 @@ def scaling_plot(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in [
         ("oracle", "plain-Python oracle"),
+        ("auto_warm", "default, warm"),
         ("jit_warm", "jit kernel, warm"),
         ("numpy_warm", "NumPy fast path"),
         ("auto_first_ever", "default, first-ever (compile)"),
@@ -251,7 +298,7 @@ def main() -> None:
         zoo_names = [n for n in zoo_names if n.startswith("cifar") or n in ("resnet50", "resnet18")]
     zoo = {n: zoo_tree(n) for n in zoo_names}
     cases = [(f"{s} -> {d}", zoo[s], zoo[d]) for s, d in ZOO_PAIRS if s in zoo and d in zoo]
-    zoo_table, _ = alignment_rows(cases, fresh=not args.quick)
+    zoo_table, zoo_rows = alignment_rows(cases, fresh=not args.quick)
 
     rng = np.random.default_rng(0)
     sizes = SYNTHETIC[:4] if args.quick else SYNTHETIC
@@ -267,6 +314,7 @@ def main() -> None:
     report = "\n\n".join(
         [
             f"Machine: {machine()}",
+            "### Warm default align against the oracle\n\n" + headline(zoo_rows),
             "### Alignment (dp) on zoo architectures\n\n" + zoo_table,
             "### Alignment (dp) on synthetic trees\n\n" + synth_table,
             "### Ranking candidate sources (rank_sources vs looping the oracle)\n\n" + rank_table,

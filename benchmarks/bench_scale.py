@@ -10,7 +10,8 @@ the RSS before it:
   networks (stages of identical blocks of Dense/LayerNorm pairs) of about ``--layers`` and
   ``1.25 * --layers`` layers; its first call includes the target's eager init.
 - ``module_blocks + align``: the layers and blocks of both models and their alignment,
-  without the tensors.
+  without the tensors. (Under the default kernel policy a small alignment runs in NumPy
+  the first time its shapes are met and is compiled the second time.)
 - ``align (repeated blocks)``: two spec trees of about ``--layers`` leaves built like
   networks (``tests/strategies.random_tree``: repeated blocks, as real models have).
 - ``align (distinct blocks)``: spec trees of ``--layers`` leaves in blocks of 16 whose
@@ -38,7 +39,7 @@ from flax import traverse_util
 from strategies import random_tree  # tests/ is on the path (see common.py)
 
 import dpiat_jax
-from dpiat_jax import alignment, testing
+from dpiat_jax import matchers, testing
 from dpiat_jax.spec import LayerSpec
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -120,18 +121,11 @@ def distinct_tree(rng: np.random.Generator, leaves: int, block: int = 16) -> lis
     return tree
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=4000, help="layers of the source")
-    parser.add_argument("--quick", action="store_true", help="1000 layers")
-    parser.add_argument("--out", default=None, help="also write OUT/scale.md")
-    args = parser.parse_args()
-    n = 1000 if args.quick else args.layers
-    rows = []
-    print(machine())
-    print(f"RSS at start: {rss_bytes() / MB:.0f} MB")
+def model_rows(n: int) -> tuple[list[list], float, int]:
+    """Transfer, and blocks + alignment, between two deep models of about ``n`` layers.
 
-    # Transfer between two large modules.
+    Returns the table rows, the source + target variables in MB and the pairs matched.
+    """
     src, x = testing.deep_model(n, stages=8, layers_per_block=5, rng=1)
     dst, _ = testing.deep_model(int(n * 1.25), stages=8, layers_per_block=5, rng=2)
     src_vars = testing.random_variables(src, x, 3)
@@ -144,61 +138,58 @@ def main() -> None:
         lambda: dpiat_jax.transfer(src_vars, src, dst, rng, sample_input=x)
     )
     assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(dst_abstract)
-    rows.append(["transfer", sizes, var_mb, first, second, peak, peak2])
+    rows = [["transfer", sizes, var_mb, first, second, peak, peak2]]
 
     def blocks_and_align():
         a = dpiat_jax.to_spec_tree(dpiat_jax.module_blocks(src, src_vars, sample_input=x))
         b = dpiat_jax.to_spec_tree(dpiat_jax.module_blocks(dst, sample_input=x))
-        return alignment.align(a, b)
+        return matchers.align(a, b)
 
     first, second, peak, peak2, result = measure(blocks_and_align)
     rows.append(["module_blocks + align", sizes, float("nan"), first, second, peak, peak2])
-    pairs_transfer = len(result.pairs)
+    return rows, var_mb, len(result.pairs)
 
-    # Alignment only, on spec trees.
+
+def spec_tree_rows(n: int) -> list[list]:
+    """Alignment only, on spec trees of about ``n`` leaves: repeated, then distinct blocks."""
     r = np.random.default_rng(5)
-    a, b = random_tree(r, n), random_tree(r, int(n * 1.25))
-    first, second, peak, peak2, _ = measure(lambda: alignment.align(a, b))
-    rows.append(
-        [
-            "align (repeated blocks)",
-            f"{count_leaves(a)} / {count_leaves(b)}",
-            float("nan"),
-            first,
-            second,
-            peak,
-            peak2,
-        ]
-    )
-    a, b = distinct_tree(r, n), distinct_tree(r, int(n * 1.25))
-    first, second, peak, peak2, _ = measure(lambda: alignment.align(a, b))
-    rows.append(
-        [
-            "align (distinct blocks)",
-            f"{count_leaves(a)} / {count_leaves(b)}",
-            float("nan"),
-            first,
-            second,
-            peak,
-            peak2,
-        ]
-    )
+    rows = []
+    for name, build in [
+        ("align (repeated blocks)", random_tree),
+        ("align (distinct blocks)", distinct_tree),
+    ]:
+        a, b = build(r, n), build(r, int(n * 1.25))
+        first, second, peak, peak2, _ = measure(lambda a=a, b=b: matchers.align(a, b))
+        sizes = f"{count_leaves(a)} / {count_leaves(b)}"
+        rows.append([name, sizes, float("nan"), first, second, peak, peak2])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=4000, help="layers of the source")
+    parser.add_argument("--quick", action="store_true", help="1000 layers")
+    parser.add_argument("--out", default=None, help="also write OUT/scale.md")
+    args = parser.parse_args()
+    n = 1000 if args.quick else args.layers
+    print(machine())
+    print(f"RSS at start: {rss_bytes() / MB:.0f} MB")
+    rows, var_mb, pairs_transfer = model_rows(n)
+    rows += spec_tree_rows(n)
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    headers = [
+        "stage",
+        "layers src / dst",
+        "variables MB",
+        "first s",
+        "second s",
+        "peak RSS +MB (first)",
+        "(second)",
+    ]
     text = "\n".join(
         [
-            table(
-                [
-                    "stage",
-                    "layers src / dst",
-                    "variables MB",
-                    "first s",
-                    "second s",
-                    "peak RSS +MB (first)",
-                    "(second)",
-                ],
-                rows,
-            ),
+            table(headers, rows),
             "",
             f"transfer matched {pairs_transfer} layer pairs; source + target variables "
             f"{var_mb:.1f} MB; process peak RSS (ru_maxrss) {usage.ru_maxrss / 1024:.0f} MB; "

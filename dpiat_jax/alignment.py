@@ -1,43 +1,100 @@
-"""Alignment: the dynamic programme of design.md over two spec trees, recursively.
+"""Alignment kernel: the dynamic programme of design.md over spec trees, batched.
 
-The kernel is a ``jax.jit``-compiled ``lax.scan`` over the source elements (columns);
-each step computes the best run ending at every target row at once (an ``n x n``
-masked computation) and a cumulative maximum down the column. Every block pair of one
-nesting depth (all source blocks against all target blocks, and, when ranking, all
+The kernel is a ``jax.jit``-compiled loop over the source elements (columns); each
+step computes the best run ending at every target row at once (an ``n x n`` masked
+computation) and a cumulative maximum down the column. When the targets are fewer, the
+loop runs over them instead (rows; the same candidates and tie rule, transposed), and
+either loop stops at the longest real block, not at the padding. Every block pair of
+one nesting depth (all source blocks against all target blocks, and, when ranking, all
 candidate sources at once) is padded to a common size and solved by one ``vmap``-ed
 call; sizes are bucketed to powers of two so that similar architectures reuse compiled
-code. Backtracking runs on the host, fetching from the device only the choice tables of
-the block pairs it visits.
+code. Identical blocks are solved once.
+
+This module holds what every dynamic programme of the library shares (the tie rule,
+the move codes, the size buckets), the encoding of spec trees as padded tables (cached
+by structure), the batched :func:`solve` and :func:`alignment_scores`. The ``dp``
+matcher (:mod:`dpiat_jax.matchers.dp`) recovers the matched pairs from a
+:class:`Solution`.
+
+How the kernel runs is chosen per call by :func:`kernel_policy`; there is no
+process-wide switch. Under the default ``"auto"`` policy a small problem met for the
+first time runs the same recurrence in NumPy (compiling would cost more than solving),
+and a shape signature met again is compiled, so repeated use gets the compiled kernel
+without being asked for it. JAX's persistent compilation cache is the user's choice:
+:func:`enable_compilation_cache` turns it on.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from numpy.typing import ArrayLike
 
 from dpiat_jax.scores import shape_score_matrix
-from dpiat_jax.spec import IndexPath, LayerSpec, SpecTree, validate_tree
+from dpiat_jax.spec import LayerSpec, SpecTree, structure_key
+from dpiat_jax.types import IndexPath
 
 __all__ = [
     "Alignment",
-    "align",
-    "alignment_scores",
-    "similarity_of_trees",
+    "Block",
+    "COMPILE_AT_SIGHTING",
+    "DepthInputs",
+    "ENCODING_CACHE_SIZE",
+    "Encoding",
+    "FAST_PATH_WORK",
+    "KERNEL_POLICIES",
+    "KernelPolicy",
+    "MOVE_LEFT",
+    "MOVE_UP",
+    "PLACEHOLDER_CODE",
+    "Solution",
     "TIE_TOLERANCE",
+    "alignment_scores",
+    "block_tables",
+    "bucket",
+    "current_policy",
+    "default_cache_dir",
+    "enable_compilation_cache",
+    "encode",
+    "kernel_policy",
+    "larger",
+    "solve",
+    "tolerance",
 ]
 
 #: Relative tolerance under which two dynamic-programme values count as equal.
 TIE_TOLERANCE = 1e-5
 
-_LEFT = -1  # source j left unused: move to (i, j - 1)
-_UP = -2  # target i left unmatched: move to (i - 1, j)
+#: Move code of a choice table: source ``j`` left unused, go to ``(i, j - 1)``.
+MOVE_LEFT = -1
+#: Move code of a choice table: target ``i`` left unmatched, go to ``(i - 1, j)``.
+MOVE_UP = -2
+
+#: How the kernel runs: ``"auto"`` (NumPy for a small problem met the first time, the
+#: compiled kernel otherwise), ``"jit"`` (always compiled), ``"numpy"`` (never).
+KernelPolicy = Literal["auto", "jit", "numpy"]
+#: The valid kernel policies.
+KERNEL_POLICIES: tuple[str, ...] = ("auto", "jit", "numpy")
+
+#: Largest per-depth work (pairs x targets^2 x sources) the NumPy fast path takes on.
+FAST_PATH_WORK = 4_000_000
+#: Under ``"auto"``, the sighting of a shape signature at which it gets compiled.
+COMPILE_AT_SIGHTING = 2
+#: Encodings of spec trees kept (least recently used dropped first).
+ENCODING_CACHE_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +102,13 @@ class Alignment:
     """The result of aligning a source spec tree with a target spec tree.
 
     Attributes:
-      score: ``dp[n, m]`` of the top-level alignment.
+      score: the matcher's score; for ``dp``, ``dp[n, m]`` of the top-level alignment.
       pairs: one ``(src_index_path, dst_index_path)`` entry per matched leaf pair,
         sorted by target path; a source leaf may appear several times (one source
         element may seed a run of target elements).
+
+    >>> Alignment(score=1.0, pairs=[((0,), (0,))])
+    Alignment(score=1.0, pairs=[((0,), (0,))])
     """
 
     score: float
@@ -56,54 +116,106 @@ class Alignment:
 
 
 # ----------------------------------------------------------------------------------
+# What every dynamic programme shares: the tie rule and the size buckets.
+
+
+def tolerance(x: ArrayLike, xp: ModuleType = np) -> ArrayLike:
+    """Returns the margin within which a value counts as equal to ``x``.
+
+    Args:
+      x: a value or an array of values.
+      xp: the array module, ``numpy`` (default) or ``jax.numpy``.
+
+    Returns:
+      ``TIE_TOLERANCE * max(1, |x|)``, elementwise.
+
+    >>> float(tolerance(-2e5))
+    2.0
+    """
+    return TIE_TOLERANCE * xp.maximum(1.0, xp.abs(x))
+
+
+def larger(a: ArrayLike, b: ArrayLike, xp: ModuleType = np) -> ArrayLike:
+    """The one tie comparison of the library: ``a`` larger than ``b`` beyond tolerance.
+
+    A candidate replaces the incumbent ``b`` only when it is larger by more than
+    :func:`tolerance` of ``b``, so float noise never decides between equal values.
+
+    Args:
+      a, b: values or broadcastable arrays.
+      xp: the array module, ``numpy`` (default) or ``jax.numpy``.
+
+    Returns:
+      ``a - b > TIE_TOLERANCE * max(1, |b|)``, elementwise.
+
+    >>> bool(larger(1.0 + 1e-7, 1.0)), bool(larger(1.1, 1.0))
+    (False, True)
+    """
+    return a - b > tolerance(b, xp)
+
+
+def bucket(x: int, minimum: int = 1) -> int:
+    """Returns the padded size of a dimension: a power of two.
+
+    Args:
+      x: the real size.
+      minimum: the smallest padded size.
+
+    Returns:
+      The next power of two at or above ``max(x, minimum, 1)``; padding to it lets
+      architectures of similar size share one compiled kernel.
+
+    >>> bucket(5), bucket(0), bucket(3, minimum=16)
+    (8, 1, 16)
+    """
+    x = max(int(x), minimum, 1)
+    return 1 << (x - 1).bit_length()
+
+
+# ----------------------------------------------------------------------------------
 # The kernel.
 
 
-def _gt(xp, a, b):
-    """``a`` larger than ``b`` beyond the tie tolerance."""
-    return a - b > TIE_TOLERANCE * xp.maximum(1.0, xp.abs(b))
-
-
-def _column_step(xp, cummax, prev, p, weight, valid, with_choices: bool):
+def _column_step(xp, cummax, prev, p, weight, start, with_choices: bool):
     """One column of the dynamic programme, for any leading batch dimensions.
 
     Args:
       xp: ``jax.numpy`` or ``numpy``; ``cummax`` the cumulative maximum on the last axis.
       prev: ``[..., N + 1]``, the previous column ``dp[:, j - 1]``.
       p: ``[..., N + 1]``, prefix sums of column ``j``'s scores over the targets.
-      weight, valid: ``[N, N]``, ``1 / sqrt(i - k + 1)`` and the mask ``k <= i``.
+      weight, start: ``[N, N]``: ``1 / sqrt(i - k + 1)`` where ``k <= i`` (0 elsewhere),
+        and the run start ``k`` (1-based) where ``k <= i`` (0 elsewhere).
 
     Returns:
-      ``(dp[:, j], choice)``: the new column and, per target ``i``, -1 (source unused),
-      -2 (target unmatched) or the first target ``k`` of the chosen run (None without
+      ``(dp[:, j], choice)``: the new column and, per target ``i``, :data:`MOVE_LEFT`,
+      :data:`MOVE_UP` or the first target ``k`` of the chosen run (None without
       choices). Every candidate that uses source ``j`` depends only on ``prev``, so the
       runs are one masked ``N x N`` computation and the column is a cumulative maximum.
     """
-    n = weight.shape[-1]
     run = (p[..., 1:, None] - p[..., None, :-1]) * weight + prev[..., None, :-1]
-    run = xp.where(valid, run, -xp.inf)
+    run = xp.where(start > 0, run, -xp.inf)
     best_run = run.max(axis=-1)
     left = prev[..., 1:]
     zero = xp.zeros(prev.shape[:-1] + (1,), prev.dtype)
     col = xp.concatenate([zero, cummax(xp.maximum(left, best_run))], axis=-1)
     if not with_choices:
         return col, None
-    tol = TIE_TOLERANCE * xp.maximum(1.0, xp.abs(best_run))
-    near = run >= (best_run - tol)[..., None]
-    shortest = n - xp.argmax(near[..., ::-1], axis=-1)  # the shortest of the best runs
+    near = run >= (best_run - tolerance(best_run, xp))[..., None]
+    shortest = xp.where(near, start, 0).max(axis=-1)  # the shortest of the best runs
     up_value = col[..., :-1]
-    up = _gt(xp, up_value, left)
+    up = larger(up_value, left, xp)
     base = xp.where(up, up_value, left)
-    choice = xp.where(_gt(xp, best_run, base), shortest, xp.where(up, _UP, _LEFT))
+    choice = xp.where(larger(best_run, base, xp), shortest, xp.where(up, MOVE_UP, MOVE_LEFT))
     return col, choice.astype(xp.int32)
 
 
 def _run_weights(xp, n: int, dtype):
+    """``(weight, start)`` of :func:`_column_step` for ``N = n``."""
     i = xp.arange(1, n + 1)[:, None]
     k = xp.arange(1, n + 1)[None, :]
     valid = k <= i
     weight = xp.where(valid, 1.0 / xp.sqrt(xp.maximum(i - k + 1, 1).astype(dtype)), 0.0)
-    return weight.astype(dtype), valid
+    return weight.astype(dtype), xp.where(valid, k, 0).astype(xp.int32)
 
 
 def _prefix(xp, scores):
@@ -112,27 +224,86 @@ def _prefix(xp, scores):
     return xp.concatenate([zero, xp.cumsum(scores, axis=-2)], axis=-2)
 
 
-def _dp_columns(scores: jnp.ndarray, with_choices: bool):
-    """Solves one padded problem with a ``lax.scan`` over the source columns.
+def _dp_columns(scores: jnp.ndarray, m_real: jnp.ndarray, with_choices: bool):
+    """Solves one padded problem column by column (a loop over the source elements).
 
     Args:
       scores: ``[N, M]`` float32, ``scores[r, j]`` = s(source j, target r).
+      m_real: how many columns to run (at least the problem's real source count).
       with_choices: whether to return the choice table for backtracking.
 
     Returns:
-      ``(dp[N, M], choices)``; ``choices[j, i]`` (0-based) as in :func:`_column_step`,
-      ``None`` without choices. Padding rows and columns (zero scores, at the end) do
-      not change ``dp[n, m]``, so ``dp[N, M]`` is the score of the unpadded problem.
+      ``(dp[N, M], choices)``; ``choices[j, i]`` (0-based) as in :func:`_column_step`
+      (zeros beyond ``m_real``), ``None`` without choices. Padding rows and columns
+      (zero scores, at the end) do not change ``dp[n, m]``, so the last column computed
+      holds the score of the unpadded problem.
     """
-    n = scores.shape[0]
-    weight, valid = _run_weights(jnp, n, scores.dtype)
+    n, m = scores.shape
+    weight, start = _run_weights(jnp, n, scores.dtype)
     cummax = functools.partial(lax.cummax, axis=0)
+    prefix = _prefix(jnp, scores).T  # [M, N + 1]
 
-    def step(prev, p):
-        return _column_step(jnp, cummax, prev, p, weight, valid, with_choices)
+    def body(j, carry):
+        col, choices = carry
+        col, choice = _column_step(jnp, cummax, col, prefix[j], weight, start, with_choices)
+        if with_choices:
+            choices = lax.dynamic_update_index_in_dim(choices, choice, j, 0)
+        return col, choices
 
-    last, choices = lax.scan(step, jnp.zeros((n + 1,), scores.dtype), _prefix(jnp, scores).T)
-    return last[n], choices
+    init_choices = jnp.zeros((m, n), jnp.int32) if with_choices else None
+    col, choices = lax.fori_loop(0, m_real, body, (jnp.zeros((n + 1,), scores.dtype), init_choices))
+    return col[n], choices
+
+
+def _row_step(table, i, prefix, weight, start, with_choices: bool):
+    """Row ``i`` (1-based) of the dynamic programme from the rows above it.
+
+    The transposed form of :func:`_column_step`, for problems with fewer targets than
+    sources: the same candidates, the same arithmetic and the same tie rule, so the same
+    values and choices; it needs every row above (a run may start at any of them), so
+    the whole table is carried.
+
+    Returns ``(table with row i, choice [M])``.
+    """
+    run = (prefix[i][None, :] - prefix[:-1]) * weight[i - 1][:, None] + table[:-1, :-1]
+    k = start[i - 1][:, None]  # run starts k (1-based) where k <= i, 0 elsewhere
+    run = jnp.where(k > 0, run, -jnp.inf)
+    best_run = run.max(axis=0)
+    up_value = table[i - 1, 1:]
+    row = lax.cummax(jnp.maximum(up_value, best_run), axis=0)
+    table = lax.dynamic_update_index_in_dim(table, jnp.concatenate([table[i, :1], row]), i, 0)
+    if not with_choices:
+        return table, None
+    left = jnp.concatenate([table[i, :1], row[:-1]])
+    near = run >= (best_run - tolerance(best_run, jnp))[None, :]
+    shortest = jnp.where(near, k, 0).max(axis=0)  # the shortest of the best runs
+    up = larger(up_value, left, jnp)
+    base = jnp.where(up, up_value, left)
+    choice = jnp.where(larger(best_run, base, jnp), shortest, jnp.where(up, MOVE_UP, MOVE_LEFT))
+    return table, choice.astype(jnp.int32)
+
+
+def _dp_rows(scores: jnp.ndarray, n_real: jnp.ndarray, with_choices: bool):
+    """Solves one padded problem row by row (a loop over the target elements).
+
+    As :func:`_dp_columns`, with ``n_real`` rows run instead of ``m_real`` columns: the
+    loop is shorter when the targets are fewer than the sources.
+    """
+    n, m = scores.shape
+    weight, start = _run_weights(jnp, n, scores.dtype)
+    prefix = _prefix(jnp, scores)  # [N + 1, M]
+
+    def body(i, carry):
+        table, choices = carry
+        table, choice = _row_step(table, i, prefix, weight, start, with_choices)
+        if with_choices:
+            choices = lax.dynamic_update_index_in_dim(choices, choice, i - 1, 1)
+        return table, choices
+
+    init_choices = jnp.zeros((m, n), jnp.int32) if with_choices else None
+    init = (jnp.zeros((n + 1, m + 1), scores.dtype), init_choices)
+    table, choices = lax.fori_loop(1, n_real + 1, body, init)
+    return table[n_real, m], choices
 
 
 def _pair_scores(xp, pair_src, pair_dst, tables, next_dst_count, next_scores):
@@ -156,18 +327,27 @@ def _pair_scores(xp, pair_src, pair_dst, tables, next_dst_count, next_scores):
     return xp.where(both_blocks, next_scores[index], leaf).astype(xp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("with_choices",))
-def _depth_kernel(pair_src, pair_dst, tables, next_dst_count, next_scores, *, with_choices):
+@functools.partial(jax.jit, static_argnames=("with_choices", "by_rows"))
+def _depth_kernel(
+    pair_src, pair_dst, tables, next_dst_count, next_scores, extent, *, with_choices, by_rows
+):
     """Aligns every block pair of one nesting depth in one compiled call.
 
-    Returns ``(scores [P], choices [P, M, N] or None)``.
+    ``extent`` = (longest target block, longest source block) of the depth: the loop
+    runs that many rows (``by_rows``) or columns, not the padded count. Returns
+    ``(scores [P], choices [P, M, N] or None)``.
     """
     scores = _pair_scores(jnp, pair_src, pair_dst, tables, next_dst_count, next_scores)
-    return jax.vmap(functools.partial(_dp_columns, with_choices=with_choices))(scores)
+    if by_rows:
+        solve_one = functools.partial(_dp_rows, n_real=extent[0], with_choices=with_choices)
+    else:
+        solve_one = functools.partial(_dp_columns, m_real=extent[1], with_choices=with_choices)
+    return jax.vmap(solve_one)(scores)
 
 
-def _depth_numpy(pair_src, pair_dst, tables, next_dst_count, next_scores, *, with_choices):
-    """The same computation as :func:`_depth_kernel` in NumPy, batched over pairs.
+def _depth_numpy(pair_src, pair_dst, tables, next_dst_count, next_scores, extent, *, with_choices):
+    """The same computation as :func:`_depth_kernel` in NumPy, batched over pairs,
+    column by column (``extent[1]`` columns).
 
     The fast path for small problems met for the first time in a process, where
     compiling would cost more than the whole alignment.
@@ -175,113 +355,167 @@ def _depth_numpy(pair_src, pair_dst, tables, next_dst_count, next_scores, *, wit
     scores = _pair_scores(np, pair_src, pair_dst, tables, next_dst_count, np.asarray(next_scores))
     prefix = _prefix(np, scores)
     n, m = scores.shape[1], scores.shape[2]
-    weight, valid = _run_weights(np, n, np.float32)
+    weight, start = _run_weights(np, n, np.float32)
     cummax = functools.partial(np.maximum.accumulate, axis=-1)
     col = np.zeros((scores.shape[0], n + 1), np.float32)
-    choices = np.empty((scores.shape[0], m, n), np.int32) if with_choices else None
-    for j in range(m):
-        col, choice = _column_step(np, cummax, col, prefix[:, :, j], weight, valid, with_choices)
+    choices = np.zeros((scores.shape[0], m, n), np.int32) if with_choices else None
+    for j in range(int(extent[1])):
+        col, choice = _column_step(np, cummax, col, prefix[:, :, j], weight, start, with_choices)
         if with_choices:
             choices[:, j] = choice
     return col[:, n], choices
 
 
-#: Largest per-depth work (pairs x targets^2 x sources) the NumPy fast path takes on.
-FAST_PATH_WORK = 4_000_000
-_KERNEL = {"policy": "auto"}
-_compiled: set[tuple] = set()
+# ----------------------------------------------------------------------------------
+# Kernel policy (per context, never process-wide) and when to compile.
+
+_POLICY: contextvars.ContextVar[str] = contextvars.ContextVar("dpiat_jax_kernel", default="auto")
 
 
-def set_kernel(policy: str) -> None:
-    """Chooses how alignments run: ``"auto"`` (default: the compiled kernel, or NumPy
-    for a small problem whose shapes were not compiled yet in this process), ``"jit"``
-    (always compiled) or ``"numpy"`` (never compiled)."""
-    if policy not in ("auto", "jit", "numpy"):
-        raise ValueError(f"Unknown kernel policy {policy!r}; use 'auto', 'jit' or 'numpy'.")
-    _KERNEL["policy"] = policy
+def _check_policy(policy: str) -> str:
+    if policy not in KERNEL_POLICIES:
+        raise ValueError(f"Unknown kernel policy {policy!r}; use one of {list(KERNEL_POLICIES)}.")
+    return policy
 
 
-def _run_depth(pair_src, pair_dst, tables, next_dst_count, next_scores, *, with_choices):
-    """Runs one depth on the compiled kernel or the NumPy fast path (see set_kernel)."""
-    signature = (
-        len(pair_src),
-        tables[0].shape,
-        tables[3].shape,
-        tables[1].shape[-1],
-        np.shape(next_scores),
-        with_choices,
-    )
-    policy = _KERNEL["policy"]
-    work = len(pair_src) * tables[3].shape[1] ** 2 * tables[0].shape[1]
-    if policy == "numpy" or (
-        policy == "auto" and signature not in _compiled and work <= FAST_PATH_WORK
-    ):
-        return _depth_numpy(
-            pair_src, pair_dst, tables, next_dst_count, next_scores, with_choices=with_choices
-        )
-    _enable_compilation_cache()
-    _compiled.add(signature)
-    return _depth_kernel(
-        pair_src, pair_dst, tables, next_dst_count, next_scores, with_choices=with_choices
-    )
+@contextlib.contextmanager
+def kernel_policy(policy: KernelPolicy) -> Iterator[str]:
+    """Chooses how alignments inside the ``with`` block run; restores the previous policy.
 
+    The policy lives in a :mod:`contextvars` variable, so it applies to the current
+    thread (or asyncio task) only and nests: other threads keep their own.
 
-def _enable_compilation_cache() -> None:
-    """Turns on JAX's persistent compilation cache in the user's cache directory, once,
-    unless the user configured one or set ``DPIAT_JAX_COMPILATION_CACHE=0``."""
-    if _KERNEL.get("cache_checked"):
-        return
-    _KERNEL["cache_checked"] = True
-    setting = os.environ.get("DPIAT_JAX_COMPILATION_CACHE", "1")
-    if setting.lower() in ("0", "false", "off", "no") or jax.config.jax_compilation_cache_dir:
-        return
-    path = setting if os.sep in setting else _default_cache_dir()
+    Args:
+      policy: ``"auto"`` (the default outside any block: the compiled kernel, or NumPy
+        for a small problem whose shapes this process has met fewer than
+        :data:`COMPILE_AT_SIGHTING` times), ``"jit"`` (always compiled) or ``"numpy"``
+        (never compiled).
+
+    Yields:
+      The policy in force inside the block.
+
+    Raises:
+      ValueError: for an unknown policy.
+
+    >>> from dpiat_jax import LayerSpec
+    >>> from dpiat_jax.matchers import align
+    >>> with kernel_policy("numpy"):
+    ...     align([LayerSpec("dense", (4, 8))], [LayerSpec("dense", (8, 8))]).score
+    0.5
+    """
+    token = _POLICY.set(_check_policy(policy))
     try:
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    except (OSError, AttributeError):  # read-only home or an older jax: run uncached
-        pass
+        yield policy
+    finally:
+        _POLICY.reset(token)
 
 
-def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "dpiat_jax", "jax_compilation_cache")
+def current_policy() -> str:
+    """Returns the kernel policy in force here (see :func:`kernel_policy`).
+
+    Returns:
+      ``"auto"`` outside any :func:`kernel_policy` block, else the innermost block's.
+
+    >>> current_policy()
+    'auto'
+    """
+    return _POLICY.get()
+
+
+class _Sightings:
+    """Counts shape signatures met under ``"auto"`` and those already compiled.
+
+    Shared by all threads (compiled code is shared too), so guarded by a lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: collections.Counter = collections.Counter()
+        self._compiled: set[tuple] = set()
+
+    def use_compiled(self, signature: tuple, work: int, policy: str) -> bool:
+        """Whether this depth runs compiled; records the decision."""
+        if policy == "numpy":
+            return False
+        with self._lock:
+            if policy == "auto" and signature not in self._compiled:
+                self._seen[signature] += 1
+                small = work <= FAST_PATH_WORK
+                if small and self._seen[signature] < COMPILE_AT_SIGHTING:
+                    return False
+            self._compiled.add(signature)
+        return True
+
+
+_SIGHTINGS = _Sightings()
 
 
 # ----------------------------------------------------------------------------------
 # Encoding spec trees as per-depth tables.
 
 
+#: Code of a placeholder child in :attr:`Block.codes`.
+PLACEHOLDER_CODE = -1
+
+
 @dataclasses.dataclass(frozen=True)
-class _Block:
+class Block:
+    """One nested list of a spec tree, as the kernel sees it.
+
+    Attributes:
+      path: its index path in the tree.
+      children: per element, its :class:`LayerSpec` or, for a nested list, the index of
+        that list among the blocks one depth deeper.
+      codes: per element, one int for the backtracking: a leaf's kind id (``>= 0``),
+        :data:`PLACEHOLDER_CODE` for a placeholder, ``-2 - index`` for a nested list.
+        Two leaves score above 0 exactly when their codes are equal and ``>= 0``.
+
+    >>> block = Block(path=(2,), children=(LayerSpec("bn", (16,)), 0), codes=(0, -2))
+    >>> block.child_paths
+    ((2, 0), (2, 1))
+    """
+
     path: IndexPath
-    children: tuple  # each: LayerSpec or int (index of a block one depth deeper)
+    children: tuple[LayerSpec | int, ...]
+    codes: tuple[int, ...]
+
+    @functools.cached_property
+    def child_paths(self) -> tuple[IndexPath, ...]:
+        """The index path of every element."""
+        return tuple(self.path + (j,) for j in range(len(self.children)))
 
 
-def _index_tree(tree: SpecTree) -> list[list[_Block]]:
-    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first."""
-    levels: list[list[_Block]] = []
+def _index_tree(tree: SpecTree, kinds: dict[str, int]) -> list[list[Block]]:
+    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first; new
+    kinds are added to ``kinds``."""
+    levels: list[list[Block]] = []
     frontier: list[tuple[IndexPath, Sequence]] = [((), tree)]  # type: ignore[list-item]
     while frontier:
-        level: list[_Block] = []
+        level: list[Block] = []
         deeper: list[tuple[IndexPath, Sequence]] = []
         for path, node in frontier:
-            children = []
+            children: list[LayerSpec | int] = []
+            codes: list[int] = []
             for j, child in enumerate(node):
                 if isinstance(child, LayerSpec):
                     children.append(child)
+                    placeholder = child.is_placeholder
+                    codes.append(
+                        PLACEHOLDER_CODE
+                        if placeholder
+                        else kinds.setdefault(child.kind, len(kinds))
+                    )
                 else:
                     children.append(len(deeper))
+                    codes.append(-2 - len(deeper))
                     deeper.append((path + (j,), child))
-            level.append(_Block(path, tuple(children)))
+            level.append(Block(path, tuple(children), tuple(codes)))
         levels.append(level)
         frontier = deeper
     return levels
 
 
-def _canonicalise(trees: Sequence[list[list[_Block]]]) -> tuple[list[list[list[int]]], list[list]]:
+def _canonicalise(trees: Sequence[list[list[Block]]]) -> tuple[list[list[list[int]]], list[list]]:
     """Gives identical blocks one id, across all the given trees, depth by depth.
 
     Architectures repeat blocks, and identical blocks align identically, so only the
@@ -309,17 +543,27 @@ def _canonicalise(trees: Sequence[list[list[_Block]]]) -> tuple[list[list[list[i
     return ids, distinct
 
 
-def _bucket(x: int, minimum: int = 1) -> int:
-    """The next power of two at or above ``max(x, minimum)``."""
-    x = max(int(x), minimum, 1)
-    return 1 << (x - 1).bit_length()
+def block_tables(
+    blocks: Sequence[tuple], kinds: dict[str, int], rank: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encodes distinct blocks of one depth as padded tables.
 
+    Args:
+      blocks: per block, its children (:class:`LayerSpec` leaves and deeper block ids).
+      kinds: kind name -> id; new kinds are added to it.
+      rank: the padded rank of the shapes.
 
-def _tables(blocks: Sequence[tuple], kinds: dict[str, int], rank: int):
-    """Encodes distinct blocks as padded tables: kind id ``[B, L]`` (-1: none),
-    shape ``[B, L, R]`` and deeper block id ``[B, L]`` (-1: a leaf)."""
-    rows = _bucket(len(blocks))
-    length = _bucket(max((len(b) for b in blocks), default=1))
+    Returns:
+      ``(kind [B, L], shape [B, L, R], child [B, L])``: kind id (-1: placeholder or
+      block), zero-padded shape, deeper block id (-1: a leaf). ``B`` and ``L`` are the
+      :func:`bucket` of the number of blocks and of the longest block.
+
+    >>> kind, shape, child = block_tables([(LayerSpec("bn", (16,)), 0)], {}, 4)
+    >>> kind.tolist(), child.tolist(), shape.shape
+    ([[0, -1]], [[-1, 0]], (1, 2, 4))
+    """
+    rows = bucket(len(blocks))
+    length = bucket(max((len(b) for b in blocks), default=1))
     kind = np.full((rows, length), -1, np.int32)
     shape = np.zeros((rows, length, rank), np.int32)
     child = np.full((rows, length), -1, np.int32)
@@ -334,157 +578,342 @@ def _tables(blocks: Sequence[tuple], kinds: dict[str, int], rank: int):
     return kind, shape, child
 
 
-@dataclasses.dataclass
-class _Solution:
-    """Per-depth results of a batched alignment, over distinct block pairs."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class DepthInputs:
+    """The kernel's inputs for one nesting depth: every distinct block pair, padded.
 
-    scores: list  # per depth, [P_pad]: pair (src id, dst id) at src_id * n_dst + dst_id
-    choices: list  # per depth, [P_pad, M, N] or None
-    dst_counts: list[int]  # distinct target blocks per depth
-    src_levels: list[list[list[_Block]]]
-    dst_levels: list[list[_Block]]
+    Attributes:
+      pair_src, pair_dst: ``[P]`` source and target block ids of each pair (``P`` a
+        power of two; the padding repeats real pairs).
+      tables: ``block_tables`` of the source blocks, then of the target blocks.
+      next_dst_count: distinct target blocks one depth deeper (the layout of that
+        depth's scores).
+      extent: ``[2]`` int32, the longest target block and the longest source block:
+        the kernel runs that many rows or columns, not the padded count.
+      by_rows: whether the compiled kernel runs row by row (fewer targets than
+        sources) rather than column by column.
+      signature: the shapes (and orientation) that decide which compiled kernel runs.
+      work: pairs x targets^2 x sources, the size of the NumPy computation.
+
+    >>> inputs = encode([[LayerSpec("bn", (8,))]], [LayerSpec("bn", (8,))]).depths[0]
+    >>> inputs.signature, inputs.work
+    ((1, (1, 1), (1, 1), 4, 1, False), 1)
+    """
+
+    pair_src: np.ndarray
+    pair_dst: np.ndarray
+    tables: tuple[np.ndarray, ...]
+    next_dst_count: np.int32
+    extent: np.ndarray
+    by_rows: bool
+    signature: tuple
+    work: int
+
+    @functools.cached_property
+    def device_args(self) -> tuple:
+        """The array arguments of the kernel as device arrays, transferred once."""
+        return jax.device_put(self.host_args)
+
+    @property
+    def host_args(self) -> tuple:
+        """The array arguments of the kernel as NumPy arrays (``next_scores`` apart)."""
+        return (self.pair_src, self.pair_dst, self.tables, self.next_dst_count, self.extent)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoding:
+    """Sources and a target encoded for the kernel (what :func:`solve` caches).
+
+    Attributes:
+      depths: per nesting depth, the :class:`DepthInputs`.
+      dst_counts: distinct target blocks per depth (one more entry than ``depths``).
+      src_levels, dst_levels: per source (for ``src_levels``) and per depth, the
+        blocks of the tree in breadth-first order.
+      src_ids, dst_ids: the distinct-block id of each of those blocks.
+
+    >>> encode([[LayerSpec("bn", (8,))]], [LayerSpec("bn", (8,))]).dst_counts
+    (1, 0)
+    """
+
+    depths: tuple[DepthInputs, ...]
+    dst_counts: tuple[int, ...]
+    src_levels: tuple[list[list[Block]], ...]
+    dst_levels: list[list[Block]]
     src_ids: list[list[list[int]]]
     dst_ids: list[list[int]]
 
-    def pair_index(self, s: int, d: int, src_block: int, dst_block: int) -> int:
-        """The flat index of source ``s``'s block against a target block at depth ``d``."""
-        return self.src_ids[s][d][src_block] * self.dst_counts[d] + self.dst_ids[d][dst_block]
+
+def _longest(blocks: Sequence[tuple]) -> int:
+    return max((len(b) for b in blocks), default=0)
 
 
-def _solve(sources: Sequence[SpecTree], target: SpecTree, *, with_choices: bool) -> _Solution:
-    """Runs the batched dynamic programme of all sources against one target."""
-    src_levels = [_index_tree(s) for s in sources]
-    dst_levels = _index_tree(target)
+def _max_rank(distinct: Sequence[Sequence[tuple]]) -> int:
+    ranks = (len(c.shape) for lv in distinct for b in lv for c in b if isinstance(c, LayerSpec))
+    return max(ranks, default=1)
+
+
+def encode(sources: Sequence[SpecTree], target: SpecTree) -> Encoding:
+    """Encodes source trees and a target tree as the kernel's per-depth inputs.
+
+    Identical blocks get one id (across all sources; separately for the target), and
+    every distinct source block of a depth is paired with every distinct target block.
+
+    Args:
+      sources: source spec trees (already validated).
+      target: the target spec tree (already validated).
+
+    Returns:
+      The :class:`Encoding`; :func:`solve` caches it by the trees' structure.
+
+    >>> enc = encode([[LayerSpec("bn", (8,)), [LayerSpec("bn", (8,))]]], [LayerSpec("bn", (4,))])
+    >>> len(enc.depths), enc.depths[0].pair_src.tolist()
+    (1, [0])
+    """
+    kinds: dict[str, int] = {}
+    src_levels = tuple(_index_tree(s, kinds) for s in sources)
+    dst_levels = _index_tree(target, kinds)
     src_ids, src_distinct = _canonicalise(src_levels)
     (dst_ids,), dst_distinct = _canonicalise([dst_levels])
     depth_count = min(len(dst_distinct), len(src_distinct))
-    rank = max(
-        (
-            len(c.shape)
-            for lv in src_distinct + dst_distinct
-            for b in lv
-            for c in b
-            if isinstance(c, LayerSpec)
-        ),
-        default=1,
-    )
-    rank = _bucket(rank, 4)
-    kinds: dict[str, int] = {}
-    dst_counts = [
+    rank = bucket(_max_rank(src_distinct + dst_distinct), 4)
+    dst_counts = tuple(
         len(dst_distinct[d]) if d < len(dst_distinct) else 0 for d in range(depth_count + 1)
-    ]
-    scores: list = [None] * depth_count
-    choices: list = [None] * depth_count
-    next_scores = np.zeros((1,), np.float32)
+    )
+    depths: list[DepthInputs] = []
+    next_length = 1
     for d in reversed(range(depth_count)):
-        src_t = _tables(src_distinct[d], kinds, rank)
-        dst_t = _tables(dst_distinct[d], kinds, rank)
-        real_pairs = len(src_distinct[d]) * dst_counts[d]
-        p = np.arange(_bucket(real_pairs), dtype=np.int32) % real_pairs
-        scores[d], choices[d] = _run_depth(
-            p // dst_counts[d],
-            p % dst_counts[d],
-            (*src_t, *dst_t),
-            np.int32(dst_counts[d + 1]),
-            next_scores,
-            with_choices=with_choices,
+        tables = (
+            *block_tables(src_distinct[d], kinds, rank),
+            *block_tables(dst_distinct[d], kinds, rank),
         )
-        next_scores = scores[d]
-    return _Solution(scores, choices, dst_counts, src_levels, dst_levels, src_ids, dst_ids)
+        real_pairs = len(src_distinct[d]) * dst_counts[d]
+        p = np.arange(bucket(real_pairs), dtype=np.int32) % real_pairs
+        extent = np.array([_longest(dst_distinct[d]), _longest(src_distinct[d])], np.int32)
+        by_rows = bool(extent[0] < extent[1])
+        signature = (len(p), tables[0].shape, tables[3].shape, rank, next_length, by_rows)
+        work = len(p) * tables[3].shape[1] ** 2 * tables[0].shape[1]
+        pair_src, pair_dst = p // dst_counts[d], p % dst_counts[d]
+        next_count = np.int32(dst_counts[d + 1])
+        depths.append(
+            DepthInputs(pair_src, pair_dst, tables, next_count, extent, by_rows, signature, work)
+        )
+        next_length = len(p)
+    return Encoding(tuple(reversed(depths)), dst_counts, src_levels, dst_levels, src_ids, dst_ids)
 
 
-def _backtrack(choice: np.ndarray, n: int, m: int) -> list[tuple[int, int, int]]:
-    """Follows recorded moves from ``(n, m)``.
+class _EncodingCache:
+    """Encodings by the trees' structure (and the padding in force), least recently used
+    dropped first; guarded by a lock, as solves may run in several threads."""
 
-    Returns ``(j, k, i)`` runs (1-based): source ``j`` seeds targets ``k..i``.
-    """
-    runs = []
-    i, j = n, m
-    while i > 0 and j > 0:
-        c = int(choice[j - 1, i - 1])
-        if c == _LEFT:
-            j -= 1
-        elif c == _UP:
-            i -= 1
-        else:
-            runs.append((j, c, i))
-            i, j = c - 1, j - 1
-    return runs
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key: tuple, build: Callable[[], Encoding]) -> Encoding:
+        """The encoding under ``key``, built by ``build()`` on a miss."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found
+        encoding = build()
+        with self._lock:
+            self._entries[key] = encoding
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return encoding
 
 
-def _pairs(sol: _Solution) -> list[tuple[IndexPath, IndexPath]]:
-    """Recovers the matched leaf pairs of the first source against the target."""
-    pairs: list[tuple[IndexPath, IndexPath]] = []
-    frontier = [(0, 0)]  # (source block, target block) at depth d
-    d = 0
-    while frontier:
-        index = np.array([sol.pair_index(0, d, bs, bt) for bs, bt in frontier], np.int32)
-        tables = np.asarray(sol.choices[d])[index]
-        deeper_scores = np.asarray(sol.scores[d + 1]) if d + 1 < len(sol.scores) else None
-        deeper = []
-        for (bs, bt), table in zip(frontier, tables):
-            sblock, tblock = sol.src_levels[0][d][bs], sol.dst_levels[d][bt]
-            for j, k, i in _backtrack(table, len(tblock.children), len(sblock.children)):
-                sc = sblock.children[j - 1]
-                for r in range(k, i + 1):
-                    tc = tblock.children[r - 1]
-                    if isinstance(sc, LayerSpec) and isinstance(tc, LayerSpec):
-                        if sc.kind == tc.kind and sc.shape and tc.shape:
-                            pairs.append((sblock.path + (j - 1,), tblock.path + (r - 1,)))
-                    elif not isinstance(sc, LayerSpec) and not isinstance(tc, LayerSpec):
-                        if deeper_scores[sol.pair_index(0, d + 1, sc, tc)] > 0:
-                            deeper.append((sc, tc))
-        frontier = deeper
-        d += 1
-    pairs.sort(key=lambda pair: pair[1])
-    return pairs
+_ENCODINGS = _EncodingCache(ENCODING_CACHE_SIZE)
 
 
 # ----------------------------------------------------------------------------------
-# Public functions.
+# The batched solve.
 
 
-def align(src_tree: SpecTree, dst_tree: SpecTree) -> Alignment:
-    """Aligns two spec trees with the DPIAT dynamic programme.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Solution:
+    """Per-depth results of a batched alignment, over distinct block pairs.
+
+    Attributes:
+      encoding: the inputs that were solved.
+      scores: per depth, ``[P]`` host scores; the pair (source id ``s``, target id
+        ``t``) sits at ``s * dst_counts[d] + t``.
+      choices: per depth, ``[P, M, N]`` host choice tables (None when not asked for).
+
+    >>> sol = solve([[LayerSpec("bn", (8,))]], [LayerSpec("bn", (8,))], with_choices=False)
+    >>> float(sol.scores[0][sol.pair_index(0, 0, 0, 0)])
+    1.0
+    """
+
+    encoding: Encoding
+    scores: tuple[np.ndarray, ...]
+    choices: tuple[np.ndarray | None, ...]
+
+    def pair_index(self, s: int, d: int, src_block: int, dst_block: int) -> int:
+        """The flat index of source ``s``'s block against a target block at depth ``d``.
+
+        Args:
+          s: which source.
+          d: the nesting depth.
+          src_block, dst_block: the blocks' positions in ``src_levels[s][d]`` and
+            ``dst_levels[d]``.
+
+        Returns:
+          The index into ``scores[d]`` and ``choices[d]``.
+
+        >>> sol = solve([[LayerSpec("bn", (8,))]], [LayerSpec("bn", (8,))], with_choices=True)
+        >>> sol.pair_index(0, 0, 0, 0)
+        0
+        """
+        enc = self.encoding
+        return enc.src_ids[s][d][src_block] * enc.dst_counts[d] + enc.dst_ids[d][dst_block]
+
+
+def _run_depth(inputs: DepthInputs, next_scores, *, with_choices: bool, policy: str):
+    """Runs one depth on the compiled kernel or on the NumPy fast path."""
+    signature = (*inputs.signature, with_choices)
+    if _SIGHTINGS.use_compiled(signature, inputs.work, policy):
+        *args, extent = inputs.device_args
+        return _depth_kernel(
+            *args, next_scores, extent, with_choices=with_choices, by_rows=inputs.by_rows
+        )
+    *args, extent = inputs.host_args
+    return _depth_numpy(*args, next_scores, extent, with_choices=with_choices)
+
+
+def solve(
+    sources: Sequence[SpecTree],
+    target: SpecTree,
+    *,
+    with_choices: bool,
+    policy: KernelPolicy | None = None,
+    argnames: Sequence[str] | None = None,
+) -> Solution:
+    """Runs the batched dynamic programme of all sources against one target.
+
+    The trees are checked and keyed by structure in one walk; their encoding is cached
+    under that key, so a repeated alignment goes straight to the kernel: one call per
+    nesting depth, deepest first (a block pair's score is an element score one depth
+    up), all block pairs of a depth at once.
 
     Args:
-      src_tree: the source architecture, a nested list with :class:`LayerSpec` leaves.
-      dst_tree: the target architecture, likewise.
+      sources: source spec trees.
+      target: the target spec tree.
+      with_choices: whether to keep the choice tables (for recovering pairs).
+      policy: ``"auto"``, ``"jit"`` or ``"numpy"``; None uses :func:`kernel_policy`'s.
+      argnames: the names of the sources, then of the target, in error messages; None
+        for ``sources[0], ..., target``.
 
     Returns:
-      An :class:`Alignment`: ``score`` is ``dp[n, m]`` of the top level (block pairs
-      score by their own alignment, recursively), and ``pairs`` lists every matched
-      leaf pair as index paths into the given trees.
+      A :class:`Solution` with host arrays.
+
+    Raises:
+      TypeError, ValueError: for a malformed spec tree (its argument named).
+
+    >>> sol = solve([[LayerSpec("bn", (4,))]], [LayerSpec("bn", (8,))], with_choices=True)
+    >>> float(sol.scores[0][0]), sol.choices[0][0].tolist()
+    (0.5, [[1]])
     """
-    validate_tree(src_tree, argname="src_tree")
-    validate_tree(dst_tree, argname="dst_tree")
-    sol = _solve([src_tree], dst_tree, with_choices=True)
-    score = float(np.asarray(sol.scores[0])[0])
-    pairs = _pairs(sol)
-    return Alignment(score=score, pairs=pairs)
+    policy = _check_policy(current_policy() if policy is None else policy)
+    if argnames is None:
+        argnames = [*(f"sources[{i}]" for i in range(len(sources))), "target"]
+    key = (
+        bucket,  # the padding in force is part of the key
+        tuple(structure_key(s, argname=n) for s, n in zip(sources, argnames)),
+        structure_key(target, argname=argnames[-1]),
+    )
+    enc = _ENCODINGS.get(key, lambda: encode(sources, target))
+    scores: list = [None] * len(enc.depths)
+    choices: list = [None] * len(enc.depths)
+    next_scores = np.zeros((1,), np.float32)
+    for d in reversed(range(len(enc.depths))):
+        scores[d], choices[d] = _run_depth(
+            enc.depths[d], next_scores, with_choices=with_choices, policy=policy
+        )
+        next_scores = scores[d]
+    return Solution(
+        enc,
+        tuple(np.asarray(x) for x in scores),  # waits for the kernels; no copy on CPU
+        tuple(None if x is None else np.asarray(x) for x in choices),
+    )
 
 
-def alignment_scores(sources: Sequence[SpecTree], target: SpecTree) -> np.ndarray:
-    """Returns the top-level alignment score of every source against ``target``.
+def alignment_scores(
+    sources: Sequence[SpecTree], target: SpecTree, *, policy: KernelPolicy | None = None
+) -> np.ndarray:
+    """Returns the top-level ``dp`` alignment score of every source against ``target``.
 
-    All sources are solved together: one compiled call per nesting depth.
+    All sources are solved together: one kernel call per nesting depth.
+
+    Args:
+      sources: source spec trees.
+      target: the target spec tree.
+      policy: how the kernel runs; None uses :func:`kernel_policy`'s.
+
+    Returns:
+      ``[len(sources)]`` float64 scores (``dp[n, m]`` of each top-level alignment).
+
+    >>> conv = LayerSpec("conv2d", (3, 3, 8, 8))
+    >>> alignment_scores([[conv], [conv, conv]], [conv, conv]).round(4).tolist()
+    [1.4142, 2.0]
     """
-    validate_tree(target, argname="target")
-    for i, s in enumerate(sources):
-        validate_tree(s, argname=f"sources[{i}]")
     if not sources:
+        structure_key(target, argname="target")
         return np.zeros((0,), np.float64)
-    sol = _solve(list(sources), target, with_choices=False)
+    sol = solve(list(sources), target, with_choices=False, policy=policy)
     top = np.asarray(sol.scores[0], np.float64)
     return np.array([top[sol.pair_index(s, 0, 0, 0)] for s in range(len(sources))])
 
 
-def similarity_of_trees(src_tree: SpecTree, dst_tree: SpecTree) -> float:
-    """Returns ``score(src, dst) / score(dst, dst)`` (design.md, "Similarity").
+# ----------------------------------------------------------------------------------
+# JAX's persistent compilation cache: the user's explicit choice.
 
-    1.0 when the source covers the target completely, toward 0 as the architectures
-    diverge; not symmetric. A target with nothing to match (only placeholders) has
-    similarity 0.
+
+def default_cache_dir() -> str:
+    """Returns where :func:`enable_compilation_cache` keeps compiled code by default.
+
+    Returns:
+      ``$XDG_CACHE_HOME/dpiat_jax/jax_compilation_cache``, or
+      ``~/.cache/dpiat_jax/jax_compilation_cache`` when ``XDG_CACHE_HOME`` is unset.
+
+    >>> default_cache_dir().endswith(os.path.join("dpiat_jax", "jax_compilation_cache"))
+    True
     """
-    both = alignment_scores([src_tree, dst_tree], dst_tree)
-    return 0.0 if both[1] <= 0 else float(both[0] / both[1])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dpiat_jax", "jax_compilation_cache")
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+    """Turns on JAX's persistent compilation cache, for the whole process.
+
+    The library never calls this itself: it changes JAX's global configuration
+    (``jax_compilation_cache_dir``, and minimum compile time and entry size 0), so every
+    program compiled afterwards, the user's own included, is written to ``path`` and
+    read back by later processes. Call it once, early, when that is what you want: a
+    fresh process then loads the alignment kernel instead of compiling it.
+
+    Args:
+      path: the cache directory (created if missing; a relative path is made absolute);
+        None for :func:`default_cache_dir`.
+
+    Returns:
+      The absolute path of the cache directory.
+
+    >>> import tempfile, jax
+    >>> names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+    ...          "jax_persistent_cache_min_entry_size_bytes")
+    >>> saved = {name: jax.config.values[name] for name in names}
+    >>> path = enable_compilation_cache(os.path.join(tempfile.mkdtemp(), "jax"))
+    >>> jax.config.values["jax_compilation_cache_dir"] == path and os.path.isdir(path)
+    True
+    >>> for name, value in saved.items():  # the doctest leaves JAX as it found it
+    ...     jax.config.update(name, value)
+    """
+    path = os.path.abspath(os.path.expanduser(path if path is not None else default_cache_dir()))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

@@ -3,8 +3,9 @@
 ``sim(S, T) = score(S, T) / score(T, T)`` under the ``dp`` matcher: 1.0 when the source
 covers the target completely, toward 0 as the architectures diverge; not symmetric.
 The ``bipartite`` matcher's score is already normalised and is its similarity; no other
-matcher defines one. Every similarity of the library (the report's, :func:`similarity`
-and :func:`rank_sources` of the API) is computed here.
+matcher defines one. Every similarity of the library (the report's, and
+:func:`~dpiat_jax.api.similarity` and :func:`~dpiat_jax.api.rank_sources` of the API)
+is computed here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from dpiat_jax.alignment import Alignment, alignment_scores
 from dpiat_jax.matchers import Matcher, bipartite, matcher_name
-from dpiat_jax.spec import SpecTree, validate_tree
+from dpiat_jax.spec import SpecTree, structure_key
 
 __all__ = [
     "SIMILARITY_MATCHERS",
@@ -31,11 +32,20 @@ SIMILARITY_MATCHERS = ("dp", "bipartite")
 
 
 def similarity_matcher(matcher: str | Matcher) -> str:
-    """Returns the name of a matcher that defines a similarity (``"dp"`` or
-    ``"bipartite"``, by name or as the registered function).
+    """Returns the name of a matcher that defines a similarity.
+
+    Args:
+      matcher: ``"dp"`` or ``"bipartite"``, by name or as the registered function.
+
+    Returns:
+      Its registry name.
 
     Raises:
       ValueError: for any other matcher (their scores are not normalised).
+
+    >>> from dpiat_jax.matchers import bipartite
+    >>> similarity_matcher(bipartite)
+    'bipartite'
     """
     name = matcher_name(matcher)
     if name not in SIMILARITY_MATCHERS:
@@ -57,8 +67,17 @@ def rank_trees(sources: Sequence[SpecTree], target: SpecTree) -> list[tuple[int,
     """Ranks source spec trees by their ``dp`` similarity to ``target``, best first.
 
     All sources (and the target's self-alignment) are solved together, one batched
-    kernel call per nesting depth. Returns ``(source index, similarity)`` pairs; ties
-    keep the sources' order.
+    kernel call per nesting depth.
+
+    Args:
+      sources: candidate source spec trees.
+      target: the target spec tree.
+
+    Returns:
+      ``(source index, similarity)`` pairs, best first; ties keep the sources' order.
+
+    Raises:
+      TypeError, ValueError: for a malformed tree (named ``sources[i]`` or ``target``).
 
     >>> from dpiat_jax import LayerSpec
     >>> conv = LayerSpec("conv2d", (3, 3, 16, 16))
@@ -74,29 +93,51 @@ def rank_trees(sources: Sequence[SpecTree], target: SpecTree) -> list[tuple[int,
 
 
 def tree_similarity(src_tree: SpecTree, dst_tree: SpecTree, matcher: str | Matcher = "dp") -> float:
-    """Returns the similarity of two spec trees under ``matcher`` (``dp`` or ``bipartite``).
+    """Returns the similarity of two spec trees under ``matcher``.
 
-    ``dp``: ``score(src, dst) / score(dst, dst)`` (0 for a target with nothing to
-    match); ``bipartite``: the bipartite matcher's normalised score.
+    Args:
+      src_tree: the source spec tree.
+      dst_tree: the target spec tree.
+      matcher: ``"dp"`` (``score(src, dst) / score(dst, dst)``, 0 for a target with
+        nothing to match) or ``"bipartite"`` (its normalised score).
+
+    Returns:
+      The similarity, in [0, 1].
+
+    Raises:
+      ValueError: for a matcher without a similarity; TypeError, ValueError for a
+        malformed tree (named ``src`` or ``dst``).
 
     >>> from dpiat_jax import LayerSpec
     >>> tree_similarity([LayerSpec("dense", (8, 4))], [LayerSpec("dense", (8, 8))])
     0.5
     """
     name = similarity_matcher(matcher)
-    validate_tree(src_tree, argname="src")
-    validate_tree(dst_tree, argname="dst")
+    structure_key(src_tree, argname="src")
+    structure_key(dst_tree, argname="dst")
     if name == "bipartite":
         return float(bipartite(src_tree, dst_tree).score)
     return rank_trees([src_tree], dst_tree)[0][1]
 
 
 def alignment_similarity(result: Alignment, dst_tree: SpecTree, matcher: str) -> float:
-    """The similarity of an alignment that ``matcher`` (a registry name) returned.
+    """Returns the similarity of an alignment that ``matcher`` returned.
 
-    ``dp``: ``result.score / score(dst, dst)``; ``bipartite``: ``result.score``; NaN for
-    a matcher without a similarity (``flat``, ``nested-bipartite``, ``random``, user
-    functions), so a report can still be built.
+    Args:
+      result: the matcher's :class:`~dpiat_jax.alignment.Alignment` of some source with
+        ``dst_tree``.
+      dst_tree: the target spec tree.
+      matcher: the matcher's registry name.
+
+    Returns:
+      ``dp``: ``result.score / score(dst, dst)``; ``bipartite``: ``result.score``; NaN
+      for a matcher without a similarity (``flat``, ``nested-bipartite``, ``random``,
+      user functions), so a report can still be built.
+
+    >>> from dpiat_jax import LayerSpec
+    >>> dst = [LayerSpec("dense", (8, 8)), LayerSpec("dense", (8, 8))]
+    >>> alignment_similarity(Alignment(1.0, [((0,), (0,))]), dst, "dp")
+    0.5
     """
     if matcher == "bipartite":
         return float(result.score)

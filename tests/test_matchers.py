@@ -20,7 +20,7 @@ from strategies import random_tree, trees
 
 import dpiat_jax
 from dpiat_jax import alignment
-from dpiat_jax.matchers import MATCHERS, align, get_matcher
+from dpiat_jax.matchers import MATCHERS, align, dp, get_matcher
 from dpiat_jax.scores import layer_score
 from dpiat_jax.similarity import tree_similarity as matcher_similarity
 from dpiat_jax.spec import LayerSpec, get_at, iter_leaves
@@ -208,7 +208,7 @@ def test_bipartite_and_nested_differ_inside_blocks():
     src, dst = [[conv(16, 16), bn(16)]], [[bn(16), conv(16, 16)]]
     flat_pairs = align(src, dst, "bipartite").pairs
     assert len(flat_pairs) == 1
-    assert flat_pairs == alignment.align(src, dst).pairs
+    assert flat_pairs == dp(src, dst).pairs
     nested = align(src, dst, "nested-bipartite")
     assert nested.score == pytest.approx(1.0)
     assert nested.pairs == [((0, 1), (0, 0)), ((0, 0), (0, 1))]
@@ -266,7 +266,7 @@ def test_bipartite_against_brute_force(seed):
             if isinstance(t, LayerSpec) and isinstance(x, LayerSpec):
                 s[i, j] = layer_score(x, t)
             elif not isinstance(t, LayerSpec) and not isinstance(x, LayerSpec):
-                s[i, j] = alignment.align(x, t).score
+                s[i, j] = dp(x, t).score
     pos = 1 - (np.arange(n)[:, None] / n - np.arange(m)[None, :] / m) ** 2
     w = pos * s
     best_edges = w.max(axis=0).sum()
@@ -282,7 +282,7 @@ def test_bipartite_against_brute_force(seed):
         if isinstance(src[j], LayerSpec):
             continue
         inner = [(a[1:], b[1:]) for a, b in result.pairs if a[0] == j and b[0] == i]
-        assert inner == alignment.align(src[j], dst[i]).pairs
+        assert inner == dp(src[j], dst[i]).pairs
     for sp, dp_ in result.pairs:
         assert layer_score(get_at(src, sp), get_at(dst, dp_)) > 0
 
@@ -336,11 +336,12 @@ def test_random_hand_checked():
 # Dispatch and registry.
 
 
-def test_dp_is_the_default_and_equals_alignment_align():
+def test_dp_is_the_default_and_equals_the_dp_matcher():
     rng = np.random.default_rng(2)
     src, dst = random_tree(rng, 40), random_tree(rng, 30)
     assert dpiat_jax.align is align
-    assert align(src, dst) == alignment.align(src, dst) == align(src, dst, "dp")
+    assert not hasattr(alignment, "align")  # one public function named align
+    assert align(src, dst) == dp(src, dst) == align(src, dst, "dp")
     assert set(MATCHERS) == {"dp", "flat", "bipartite", "nested-bipartite", "random"}
 
 
@@ -362,7 +363,7 @@ def test_user_matcher_function():
 
     def first_pair_only(src_tree, dst_tree, rng=None):
         seen["rng"] = rng
-        full = alignment.align(src_tree, dst_tree)
+        full = dp(src_tree, dst_tree)
         return dpiat_jax.Alignment(full.score, full.pairs[:1])
 
     result = align(SRC, DST, first_pair_only, rng=5)
@@ -435,3 +436,32 @@ def test_user_matcher_and_unknown_name_through_transfer(src_variables):
         dpiat_jax.transfer(
             src_variables, SRC_NET, DST_NET, jax.random.key(0), sample_input=X, matcher="x"
         )
+
+
+@pytest.mark.parametrize("name", sorted(MATCHERS))
+def test_every_matcher_checks_its_own_arguments(name):
+    # The dispatcher leaves the check of a built-in matcher's trees to the matcher (one
+    # walk per tree): called directly or by name, a bad leaf is reported with its path.
+    bad = [conv(3, 3), [bn(3), {"kind": "bn"}]]
+    for call in (MATCHERS[name], lambda s, d, n=name: align(s, d, n)):
+        with pytest.raises(TypeError, match=r"src_tree.*\(1, 1\)"):
+            call(bad, [conv(3, 3)])
+        with pytest.raises(TypeError, match=r"dst_tree.*\(1, 1\)"):
+            call([conv(3, 3)], bad)
+
+
+def test_matchers_package_has_one_module_per_matcher():
+    import importlib
+
+    import dpiat_jax.matchers as package
+
+    homes = {
+        "dp": "dp",
+        "flat": "flat",
+        "bipartite": "bipartite",
+        "nested_bipartite": "bipartite",
+        "random_matching": "random",
+    }
+    for name, module in homes.items():
+        home = importlib.import_module(f"dpiat_jax.matchers.{module}")
+        assert getattr(package, name) is getattr(home, name) and name in package.__all__

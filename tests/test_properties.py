@@ -11,14 +11,13 @@
 - trees of any nesting (empty blocks, chains of one-element lists, leaves of ranks 1
   to 6) align as the plain-Python oracle does.
 
-Each property runs on both kernels (``set_kernel("jit")`` and ``set_kernel("numpy")``).
+Each property runs on both kernels (``kernel_policy("jit")`` and ``kernel_policy("numpy")``).
 The compiled kernel compiles once per padded shape, so its example counts are smaller;
 ``HYPOTHESIS_PROFILE=thorough`` scales every count up.
 """
 
 from __future__ import annotations
 
-import contextlib
 from unittest import mock
 
 import pytest
@@ -29,7 +28,10 @@ from strategies import leaves, trees
 
 import dpiat_jax
 from dpiat_jax import alignment
-from dpiat_jax.alignment import align, alignment_scores, similarity_of_trees
+from dpiat_jax.alignment import alignment_scores
+from dpiat_jax.alignment import kernel_policy as kernel
+from dpiat_jax.matchers import align
+from dpiat_jax.similarity import tree_similarity
 from dpiat_jax.spec import LayerSpec, get_at, iter_leaves
 
 #: 10x the examples under the "thorough" profile of conftest.py.
@@ -38,15 +40,6 @@ SCALE = 10 if settings().max_examples >= 1000 else 1
 
 def examples(n: int) -> settings:
     return settings(max_examples=n * SCALE, deadline=None)
-
-
-@contextlib.contextmanager
-def kernel(policy: str):
-    alignment.set_kernel(policy)
-    try:
-        yield
-    finally:
-        alignment.set_kernel("auto")
 
 
 POLICIES = pytest.mark.parametrize("policy", ["jit", "numpy"])
@@ -103,14 +96,14 @@ def test_self_alignment_matches_every_leaf_to_itself(policy, tree):
         result = align(tree, tree)
         expected = [(p, p) for p, leaf in iter_leaves(tree) if not leaf.is_placeholder]
         assert result.pairs == expected
-        sim = similarity_of_trees(tree, tree)
+        sim = tree_similarity(tree, tree)
     assert sim == pytest.approx(1.0 if expected else 0.0, abs=1e-6)
 
 
 # ----------------------------------------------------------------------------------
 # Padding.
 
-_ORIGINAL_BUCKET = alignment._bucket
+_ORIGINAL_BUCKET = alignment.bucket
 PADDINGS = {
     "double": lambda x, minimum=1: _ORIGINAL_BUCKET(x, minimum) * 2,
     "plus3": lambda x, minimum=1: _ORIGINAL_BUCKET(x, minimum) + 3,
@@ -123,7 +116,7 @@ def check_padding(policy, padding, src, dst, other):
     with kernel(policy):
         want = align(src, dst)
         want_batch = alignment_scores([src, other, dst], dst)
-        with mock.patch.object(alignment, "_bucket", PADDINGS[padding]):
+        with mock.patch.object(alignment, "bucket", PADDINGS[padding]):
             got = align(src, dst)
             got_batch = alignment_scores([src, other, dst], dst)
     assert got.pairs == want.pairs
@@ -148,13 +141,17 @@ def test_padding_never_changes_a_result_numpy(padding, src, dst, other):
 
 
 def test_padding_patch_reaches_the_kernel():
-    """The patched ``_bucket`` really pads: the tables grow."""
+    """The patched ``bucket`` really pads: the tables grow, and so do the encodings that
+    a solve uses (the padding in force is part of the encoding cache's key)."""
     tree = [LayerSpec("conv2d", (3, 3, 8, 8)), LayerSpec("bn", (8,))]
     blocks = [tuple(tree)]
-    plain = alignment._tables(blocks, {}, 4)[0].shape
-    with mock.patch.object(alignment, "_bucket", PADDINGS["plus3"]):
-        padded = alignment._tables(blocks, {}, 4)[0].shape
+    plain = alignment.block_tables(blocks, {}, 4)[0].shape
+    solved = alignment.solve([tree], tree, with_choices=True).encoding.depths[0]
+    with mock.patch.object(alignment, "bucket", PADDINGS["plus3"]):
+        padded = alignment.block_tables(blocks, {}, 4)[0].shape
+        solved_padded = alignment.solve([tree], tree, with_choices=True).encoding.depths[0]
     assert plain == (1, 2) and padded == (4, 5)
+    assert solved.tables[0].shape == (1, 2) and solved_padded.tables[0].shape == (4, 5)
 
 
 # ----------------------------------------------------------------------------------
@@ -178,7 +175,7 @@ def test_batching_never_changes_a_score(policy, dst, sources):
 @given(src=any_tree, dst=any_tree)
 def test_similarity_in_unit_interval(policy, src, dst):
     with kernel(policy):
-        sim = similarity_of_trees(src, dst)
+        sim = tree_similarity(src, dst)
         api_sim = dpiat_jax.similarity(src, dst)
     assert -1e-6 <= sim <= 1.0 + 1e-6
     assert api_sim == pytest.approx(sim, rel=1e-6, abs=1e-7)
