@@ -6,8 +6,9 @@ exactly one child stays at its parent's level):
 1. a layer or placeholder is a leaf;
 2. any other module becomes the list of its children's results, in order;
 3. a child result is spliced into the parent list when it is a two-level structure or a
-   list with fewer than two dimensional (conv, dense) layers below it; otherwise it is
-   added as one element (a block if a list, a single layer if a leaf);
+   list with fewer than two dimensional (conv, dense: :func:`dpiat_jax.kinds.is_dimensional`)
+   layers below it; otherwise it is added as one element (a block if a list, a single
+   layer if a leaf);
 4. at level > 0, a list with more single layers than blocks is flattened one level and
    becomes a one-level structure; otherwise (and always at level 0) it is two-level;
 5. a one-element list collapses to its element (one-level); the root is always a list.
@@ -19,30 +20,34 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from dpiat_jax import kinds
 from dpiat_jax.layers import Layer, ModuleNode
-from dpiat_jax.spec import is_dimensional
 
-__all__ = ["blocks", "to_spec_tree", "map_tree", "tree_leaves"]
+__all__ = ["BlockTree", "blocks", "map_tree", "to_spec_tree", "tree_leaves"]
 
-BlockTree = list  # nested lists whose leaves are Layer records
+#: Nested lists whose leaves are :class:`~dpiat_jax.layers.Layer` records.
+BlockTree = list
 
 
 @dataclasses.dataclass(frozen=True)
 class _Structure:
+    """A module's standardised children and whether they form a two-level structure."""
+
     items: list
     two_level: bool
 
 
 def _dimensional_count(items: list) -> int:
+    """The number of dimensional (conv, dense) layers below ``items``."""
     return sum(
-        1 for leaf in tree_leaves(items) if not leaf.is_placeholder and is_dimensional(leaf.kind)
+        1
+        for leaf in tree_leaves(items)
+        if not leaf.is_placeholder and kinds.is_dimensional(leaf.kind)
     )
 
 
-def _standardise(node: ModuleNode | Layer, level: int) -> Layer | _Structure:
-    if isinstance(node, Layer):
-        return node
-    child_level = level if len(node.children) == 1 else level + 1
+def _child_items(node: ModuleNode, child_level: int) -> list:
+    """Rules 1-3: the standardised children of ``node``, spliced or added as elements."""
     items: list = []
     for child in node.children:
         result = _standardise(child, child_level)
@@ -52,15 +57,29 @@ def _standardise(node: ModuleNode | Layer, level: int) -> Layer | _Structure:
             items.extend(result.items)
         else:
             items.append(result.items)
+    return items
+
+
+def _flatten_one_level(items: list) -> list:
+    """Replaces every list element of ``items`` by its elements."""
+    flat: list = []
+    for x in items:
+        flat.extend(x if isinstance(x, list) else [x])
+    return flat
+
+
+def _standardise(node: ModuleNode | Layer, level: int) -> Layer | _Structure:
+    """The standardised form of ``node`` at ``level``: a leaf or a structure."""
+    if isinstance(node, Layer):
+        return node
+    child_level = level if len(node.children) == 1 else level + 1
+    items = _child_items(node, child_level)
     singles = sum(1 for x in items if isinstance(x, Layer))
-    if level > 0 and singles > len(items) - singles:
-        flat: list = []
-        for x in items:
-            flat.extend(x if isinstance(x, list) else [x])
-        items, two_level = flat, False
+    if level > 0 and singles > len(items) - singles:  # rule 4
+        items, two_level = _flatten_one_level(items), False
     else:
         two_level = True
-    if len(items) == 1:
+    if len(items) == 1:  # rule 5
         only = items[0]
         return only if isinstance(only, Layer) else _Structure(only, False)
     return _Structure(items, two_level)
@@ -69,19 +88,55 @@ def _standardise(node: ModuleNode | Layer, level: int) -> Layer | _Structure:
 def blocks(root: ModuleNode) -> BlockTree:
     """Returns the block tree of a traced model: nested lists of :class:`Layer` records.
 
-    This is the "standardisation" of design.md; the root's result is always a list.
+    This is the "standardisation" of design.md (the rules in the module notes).
+
+    Args:
+      root: the root of a module hierarchy (:func:`dpiat_jax.layers.build_hierarchy`).
+
+    Returns:
+      A list (always, even for a one-layer model) whose elements are layers or blocks
+      (lists of the same form).
+
+    >>> from dpiat_jax.layers import Layer, ModuleNode
+    >>> def dense(name):
+    ...     return Layer((name,), "dense", "Dense", {}, "kernel")
+    >>> pair = ModuleNode(("pair",), "Pair", (dense("a"), dense("b")))
+    >>> tree = blocks(ModuleNode((), "Net", (pair, dense("head"))))
+    >>> map_tree(lambda layer: layer.name, tree)
+    [['a', 'b'], 'head']
     """
     result = _standardise(root, 0)
     return [result] if isinstance(result, Layer) else result.items
 
 
 def map_tree(fn: Callable[[Any], Any], tree: list) -> list:
-    """Applies ``fn`` to every leaf of a nested list, keeping its structure."""
+    """Applies ``fn`` to every leaf of a nested list, keeping its structure.
+
+    Args:
+      fn: the function of a leaf.
+      tree: a nested list.
+
+    Returns:
+      A nested list of the same structure holding ``fn(leaf)`` for every leaf.
+
+    >>> map_tree(str.upper, ["a", ["b", "c"]])
+    ['A', ['B', 'C']]
+    """
     return [map_tree(fn, x) if isinstance(x, list) else fn(x) for x in tree]
 
 
 def tree_leaves(tree: list) -> list:
-    """The leaves of a nested list in depth-first order."""
+    """Returns the leaves of a nested list in depth-first order.
+
+    Args:
+      tree: a nested list.
+
+    Returns:
+      The non-list elements, depth first, as one flat list.
+
+    >>> tree_leaves(["a", ["b", ["c"]], "d"])
+    ['a', 'b', 'c', 'd']
+    """
     out: list = []
     for x in tree:
         if isinstance(x, list):
@@ -92,5 +147,18 @@ def tree_leaves(tree: list) -> list:
 
 
 def to_spec_tree(tree: BlockTree) -> list:
-    """Replaces every :class:`Layer` of a block tree by its :class:`LayerSpec`."""
+    """Replaces every :class:`Layer` of a block tree by its :class:`LayerSpec`.
+
+    Args:
+      tree: a block tree (:func:`blocks`); leaves that are not layers stay as they are.
+
+    Returns:
+      The spec tree the alignment takes (:mod:`dpiat_jax.spec`).
+
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.layers import Layer
+    >>> fc = Layer(("fc",), "dense", "Dense", {"params": {"kernel": jnp.zeros((3, 4))}}, "kernel")
+    >>> to_spec_tree([[fc]])
+    [[LayerSpec(kind='dense', shape=(3, 4))]]
+    """
     return map_tree(lambda layer: layer.spec if isinstance(layer, Layer) else layer, tree)

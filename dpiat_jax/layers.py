@@ -3,24 +3,34 @@
 :func:`build_hierarchy` turns the module calls that a trace adapter recorded
 (:mod:`dpiat_jax.trace`: linen or NNX) and the model's variables into a
 :class:`ModuleNode` hierarchy whose leaves are :class:`Layer` records; :func:`layers`
-lists those leaves in call order.
+lists those leaves in call order. What a layer may match is its *kind*
+(:func:`layer_kind`, vocabulary in :mod:`dpiat_jax.kinds`).
+
+Both records compare and hash by value: a layer by its path, kind, class name and main
+tensor name (never by its arrays), a node by its path, class name and children. So two
+traces of one model give equal records, and a stage may key a dict by a layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 from flax import traverse_util
 
+from dpiat_jax import kinds
 from dpiat_jax.spec import LayerSpec
+from dpiat_jax.types import ModulePath, Shape, Variables
 
 __all__ = [
     "Layer",
     "ModuleCall",
     "ModuleNode",
+    "ModulePath",
+    "Tensors",
     "build_hierarchy",
     "group_variables",
     "iter_layers",
@@ -28,39 +38,52 @@ __all__ = [
     "layers",
 ]
 
-ModulePath = tuple[str, ...]
-Tensors = Mapping[str, Mapping[str, Any]]  # collection -> tensor name -> array
+#: A layer's tensors: collection -> tensor name -> array (or ``jax.ShapeDtypeStruct``).
+Tensors = Mapping[str, Mapping[str, Any]]
 
+# linen class -> norm kind (NNX classes are mapped to linen ones first).
 _NORMS = {
-    nn.BatchNorm: "batch_norm",
-    nn.LayerNorm: "layer_norm",
-    nn.GroupNorm: "group_norm",
-    nn.RMSNorm: "rms_norm",
+    nn.BatchNorm: kinds.BATCH_NORM,
+    nn.LayerNorm: kinds.LAYER_NORM,
+    nn.GroupNorm: kinds.GROUP_NORM,
+    nn.RMSNorm: kinds.RMS_NORM,
 }
 _MAIN_TENSORS = ("kernel", "embedding", "scale", "bias")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class Layer:
     """One layer (or placeholder, or pseudo-layer) of a Flax model.
+
+    Records compare and hash by ``path``, ``kind``, ``type_name`` and ``main``; the
+    arrays in ``tensors`` take no part.
 
     Attributes:
       path: the module path from the root (``("stage1", "Conv_0")``); a pseudo-layer has
         its owning module's path.
-      kind: what it may match: ``conv2d``, ``depthwise_conv2d``, ``conv_transpose1d``,
-        ``dense``, ``dense_general``, ``embed``, ``batch_norm``, ``layer_norm``,
-        ``group_norm``, ``rms_norm``, ``own:<Class>`` for parameters a module owns beside
-        its submodules, ``none`` for a placeholder, otherwise the class name.
+      kind: what it may match (:mod:`dpiat_jax.kinds`): ``conv2d``, ``depthwise_conv2d``,
+        ``conv_transpose1d``, ``dense``, ``dense_general``, ``embed``, ``batch_norm``,
+        ``layer_norm``, ``group_norm``, ``rms_norm``, ``own:<Class>`` for parameters a
+        module owns beside its submodules, ``none`` for a placeholder, otherwise the
+        class name.
       type_name: the module's class name.
       tensors: collection -> tensor name -> array (or ``jax.ShapeDtypeStruct``); tensor
         names are relative to ``path`` (``"kernel"``, or ``"sub/x"`` for nested dicts).
       main: the name of the principal tensor in ``params`` ("" for a placeholder).
+
+    >>> import jax.numpy as jnp
+    >>> layer = Layer(("Dense_0",), "dense", "Dense", {"params": {"kernel": jnp.zeros((3, 4))}},
+    ...               "kernel")
+    >>> layer.name, layer.shape, layer.num_params()
+    ('Dense_0', (3, 4), 12)
+    >>> layer == Layer(("Dense_0",), "dense", "Dense", {}, "kernel")
+    True
     """
 
     path: ModulePath
     kind: str
     type_name: str
-    tensors: Tensors
+    tensors: Tensors = dataclasses.field(compare=False)
     main: str
 
     @property
@@ -69,7 +92,7 @@ class Layer:
         return not self.main
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> Shape:
         """The shape of the main tensor (empty for a placeholder)."""
         if not self.main:
             return ()
@@ -83,7 +106,7 @@ class Layer:
         """The :class:`LayerSpec` the alignment sees (a zero-size tensor counts as none)."""
         shape = self.shape
         if not shape or min(shape) <= 0:
-            return LayerSpec("none", ())
+            return LayerSpec(kinds.PLACEHOLDER, ())
         return LayerSpec(self.kind, shape)
 
     @property
@@ -92,48 +115,88 @@ class Layer:
         return "/".join(self.path) or "<root>"
 
     def num_params(self) -> int:
-        """The number of scalars this layer owns in all collections."""
-        return sum(int(_size(t)) for group in self.tensors.values() for t in group.values())
+        """Returns the number of scalars this layer owns in all collections."""
+        return sum(_size(t) for group in self.tensors.values() for t in group.values())
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class ModuleNode:
-    """A module with submodules: its children (nodes and layers) in call order."""
+    """A module with submodules: its children (nodes and layers) in call order.
+
+    Attributes:
+      path: the module path from the root (``()`` for the root).
+      type_name: the module's class name.
+      children: the submodules (:class:`ModuleNode` or :class:`Layer`) in call order,
+        preceded by the pseudo-layer of the module's own parameters if it has any.
+
+    >>> dense = Layer(("Dense_0",), "dense", "Dense", {}, "kernel")
+    >>> ModuleNode((), "MLP", (dense,)).children[0].kind
+    'dense'
+    """
 
     path: ModulePath
     type_name: str
     children: tuple[ModuleNode | Layer, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class ModuleCall:
+    """One module as a trace adapter saw it called (:mod:`dpiat_jax.trace`).
+
+    Attributes:
+      path: the module path from the root.
+      module_type: the module's class.
+      attrs: the attributes the kind rules need (``feature_group_count``).
+
+    >>> import flax.linen as nn
+    >>> ModuleCall(("Dense_0",), nn.Dense, {}).module_type.__name__
+    'Dense'
+    """
+
+    path: ModulePath
+    module_type: type
+    attrs: Mapping[str, Any]
+
+
 def _size(x: Any) -> int:
-    n = 1
-    for d in x.shape:
-        n *= int(d)
-    return n
+    return math.prod(int(d) for d in x.shape)
 
 
 def layer_kind(module_type: type, attrs: Mapping[str, Any], params: Mapping[str, Any]) -> str:
     """Returns the kind of a leaf module from its class, attributes and parameters.
 
-    See :class:`Layer` for the kind strings; a conv with one input channel per group
-    is depthwise.
+    See :mod:`dpiat_jax.kinds` for the vocabulary; a conv with one input channel per
+    group is depthwise. Flax NNX classes get the kinds of their linen counterparts.
+
+    Args:
+      module_type: the module's class (linen or NNX).
+      attrs: the module's attributes (``feature_group_count`` for a conv).
+      params: the module's ``params`` (the kernel's rank gives a conv's spatial rank).
+
+    Returns:
+      The kind string: a library kind, or the class name for any other module.
+
+    >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
+    >>> layer_kind(nn.Conv, {"feature_group_count": 1}, {"kernel": jnp.zeros((3, 3, 4, 8))})
+    'conv2d'
     """
     kernel = params.get("kernel")
     ndim = len(kernel.shape) if kernel is not None else None
     module_type = _linen_equivalent(module_type)
     if issubclass(module_type, nn.ConvTranspose):
-        return f"conv_transpose{(ndim or 3) - 2}d"
+        return kinds.conv_transpose((ndim or 3) - 2)
     if issubclass(module_type, nn.Conv):
         rank = (ndim or 4) - 2
         groups = attrs.get("feature_group_count", 1) or 1
         depthwise = groups > 1 and kernel is not None and kernel.shape[-2] == 1
-        return f"depthwise_conv{rank}d" if depthwise else f"conv{rank}d"
+        return kinds.depthwise_conv(rank) if depthwise else kinds.conv(rank)
     if issubclass(module_type, nn.Dense):
-        return "dense"
+        return kinds.DENSE
     if issubclass(module_type, nn.DenseGeneral):
-        return "dense_general"
+        return kinds.DENSE_GENERAL
     if issubclass(module_type, nn.Embed):
-        return "embed"
+        return kinds.EMBED
     for cls, kind in _NORMS.items():
         if issubclass(module_type, cls):
             return kind
@@ -162,7 +225,7 @@ def _linen_equivalent(module_type: type) -> type:
     return module_type
 
 
-def _main_tensor(params: Mapping[str, Any], others: Mapping[str, Mapping[str, Any]]) -> str:
+def _main_tensor(params: Mapping[str, Any], others: Tensors) -> str:
     """Picks the principal tensor: kernel, embedding, scale, bias, else the largest."""
     for name in _MAIN_TENSORS:
         if name in params:
@@ -173,27 +236,23 @@ def _main_tensor(params: Mapping[str, Any], others: Mapping[str, Mapping[str, An
     return max(pool, key=lambda k: (_size(pool[k]), k)) if pool else ""
 
 
-@dataclasses.dataclass(frozen=True)
-class ModuleCall:
-    """One module as a trace adapter saw it called (:mod:`dpiat_jax.trace`).
-
-    Attributes:
-      path: the module path from the root.
-      module_type: the module's class.
-      attrs: the attributes the kind rules need (``feature_group_count``).
-    """
-
-    path: ModulePath
-    module_type: type
-    attrs: Mapping[str, Any]
-
-
 def group_variables(
-    variables: Mapping[str, Any], module_paths: list[ModulePath]
+    variables: Variables, module_paths: Sequence[ModulePath]
 ) -> dict[ModulePath, dict[str, dict[str, Any]]]:
     """Assigns every variable to the deepest recorded module whose path prefixes its key.
 
-    Returns module path -> collection -> tensor name (relative, ``/``-joined) -> array.
+    Args:
+      variables: Flax variables (collection -> nested dict of arrays).
+      module_paths: the paths of the recorded modules.
+
+    Returns:
+      Module path -> collection -> tensor name (relative, ``/``-joined) -> array. A
+      variable no recorded module owns goes to the root ``()``.
+
+    >>> import jax.numpy as jnp
+    >>> variables = {"params": {"Dense_0": {"kernel": jnp.zeros((3, 4))}}}
+    >>> list(group_variables(variables, [(), ("Dense_0",)])[("Dense_0",)]["params"])
+    ['kernel']
     """
     known = set(module_paths)
     out: dict[ModulePath, dict[str, dict[str, Any]]] = {}
@@ -212,14 +271,11 @@ def group_variables(
     return out
 
 
-def build_hierarchy(calls: list[ModuleCall], variables: Mapping[str, Any]) -> ModuleNode:
-    """Builds the module tree (children in call order) with layers at its leaves."""
-    paths = [c.path for c in calls]
-    if () not in paths:
-        paths.insert(0, ())
-        calls = [ModuleCall((), nn.Module, {}), *calls]
-    grouped = group_variables(variables, paths)
-    by_path = {c.path: c for c in calls}
+def _children(paths: Sequence[ModulePath]) -> dict[ModulePath, list[ModulePath]]:
+    """Module path -> the paths of its recorded children, in the order of ``paths``.
+
+    A path's parent is its longest recorded proper prefix (the root ``()`` at least).
+    """
     children: dict[ModulePath, list[ModulePath]] = {p: [] for p in paths}
     for p in paths:
         if p:
@@ -227,33 +283,83 @@ def build_hierarchy(calls: list[ModuleCall], variables: Mapping[str, Any]) -> Mo
             while parent not in children:
                 parent = parent[:-1]
             children[parent].append(p)
+    return children
 
-    def leaf(path: ModulePath, call: ModuleCall, tensors: dict, kind: str | None = None) -> Layer:
-        params = tensors.get("params", {})
-        main = _main_tensor(params, tensors)
-        if kind is None:
-            kind = layer_kind(call.module_type, call.attrs, params) if main else "none"
-        return Layer(path, kind, call.module_type.__name__, tensors, main)
 
-    def node(path: ModulePath) -> ModuleNode | Layer:
-        call = by_path[path]
-        own = grouped.get(path, {})
-        if not children[path]:
-            return leaf(path, call, own)
-        kids: list[ModuleNode | Layer] = []
-        if own:
-            kids.append(leaf(path, call, own, kind=f"own:{call.module_type.__name__}"))
-        kids.extend(node(c) for c in children[path])
-        return ModuleNode(path, call.module_type.__name__, tuple(kids))
+def _leaf(call: ModuleCall, tensors: Tensors, kind: str | None = None) -> Layer:
+    """The :class:`Layer` of a module's tensors (its kind from :func:`layer_kind` unless
+    given; a module without tensors is a placeholder)."""
+    params = tensors.get("params", {})
+    main = _main_tensor(params, tensors)
+    if kind is None:
+        kind = layer_kind(call.module_type, call.attrs, params) if main else kinds.PLACEHOLDER
+    return Layer(call.path, kind, call.module_type.__name__, tensors, main)
 
-    root = node(())
+
+def _node(
+    path: ModulePath,
+    calls: Mapping[ModulePath, ModuleCall],
+    children: Mapping[ModulePath, list[ModulePath]],
+    grouped: Mapping[ModulePath, Tensors],
+) -> ModuleNode | Layer:
+    """The hierarchy below ``path``: a layer for a leaf module, else a node whose first
+    child is the pseudo-layer of the module's own tensors (when it has any)."""
+    call = calls[path]
+    own = grouped.get(path, {})
+    if not children[path]:
+        return _leaf(call, own)
+    kids: list[ModuleNode | Layer] = []
+    if own:
+        kids.append(_leaf(call, own, kind=kinds.own(call.module_type.__name__)))
+    kids.extend(_node(c, calls, children, grouped) for c in children[path])
+    return ModuleNode(path, call.module_type.__name__, tuple(kids))
+
+
+def build_hierarchy(calls: Sequence[ModuleCall], variables: Variables) -> ModuleNode:
+    """Builds the module tree (children in call order) with layers at its leaves.
+
+    Args:
+      calls: the modules in the order of their first call (a trace adapter's record);
+        the root is added when missing.
+      variables: the model's variables (arrays or ``jax.ShapeDtypeStruct``); each goes
+        to the deepest module whose path prefixes its key (:func:`group_variables`).
+
+    Returns:
+      The root :class:`ModuleNode` (a model that is a single layer becomes a node with
+      that one child).
+
+    >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
+    >>> calls = [ModuleCall(("Dense_0",), nn.Dense, {}), ModuleCall(("Dropout_0",), nn.Dropout, {})]
+    >>> variables = {"params": {"Dense_0": {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)}}}
+    >>> [(x.name, x.kind) for x in build_hierarchy(calls, variables).children]
+    [('Dense_0', 'dense'), ('Dropout_0', 'none')]
+    """
+    paths = [c.path for c in calls]
+    if () not in paths:
+        paths.insert(0, ())
+        calls = [ModuleCall((), nn.Module, {}), *calls]
+    by_path = {c.path: c for c in calls}
+    grouped = group_variables(variables, paths)
+    root = _node((), by_path, _children(paths), grouped)
     if isinstance(root, Layer):
         return ModuleNode((), root.type_name, (root,))
     return root
 
 
-def iter_layers(node: ModuleNode | Layer):
-    """Yields the layers (placeholders included) under ``node`` in call order."""
+def iter_layers(node: ModuleNode | Layer) -> Iterator[Layer]:
+    """Yields the layers (placeholders included) under ``node`` in call order.
+
+    Args:
+      node: a hierarchy (or a single layer, which yields itself).
+
+    Returns:
+      An iterator over the :class:`Layer` leaves, depth first.
+
+    >>> dense = Layer(("Dense_0",), "dense", "Dense", {}, "kernel")
+    >>> [x.name for x in iter_layers(ModuleNode((), "MLP", (dense,)))]
+    ['Dense_0']
+    """
     if isinstance(node, Layer):
         yield node
         return
@@ -262,5 +368,19 @@ def iter_layers(node: ModuleNode | Layer):
 
 
 def layers(node: ModuleNode) -> list[Layer]:
-    """Returns the layers and placeholders of a traced model in call order."""
+    """Returns the layers and placeholders of a traced model in call order.
+
+    Args:
+      node: the root of a hierarchy (:func:`build_hierarchy`).
+
+    Returns:
+      The :class:`Layer` leaves as a list (:func:`iter_layers`).
+
+    >>> import flax.linen as nn
+    >>> import jax.numpy as jnp
+    >>> calls = [ModuleCall(("Dense_0",), nn.Dense, {})]
+    >>> root = build_hierarchy(calls, {"params": {"Dense_0": {"kernel": jnp.zeros((3, 4))}}})
+    >>> [layer.spec for layer in layers(root)]
+    [LayerSpec(kind='dense', shape=(3, 4))]
+    """
     return list(iter_layers(node))

@@ -8,6 +8,7 @@ live in :mod:`dpiat_jax.alignment`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import jax.numpy as jnp
 
@@ -17,11 +18,19 @@ __all__ = ["shape_score", "layer_score", "shape_score_matrix"]
 
 
 def shape_score(a: Sequence[int], b: Sequence[int]) -> float:
-    """Returns the product over paired dimensions of ``min(x/y, y/x)``.
+    """Returns how alike two shapes are: the product over paired dimensions of
+    ``min(x/y, y/x)``.
 
-    Dimensions are paired from the first; when ranks differ the extra trailing
-    dimensions are ignored. Identical shapes give 1.0, very different ones a small
-    value. An empty shape (a placeholder) gives 0.
+    Args:
+      a, b: the two shapes. Dimensions are paired from the first; when ranks differ the
+        extra trailing dimensions are ignored.
+
+    Returns:
+      1.0 for identical shapes, a small value for very different ones, 0 when either is
+      empty (a placeholder).
+
+    >>> shape_score((3, 3, 16, 32), (3, 3, 32, 32))
+    0.5
     """
     if len(a) == 0 or len(b) == 0:
         return 0.0
@@ -34,8 +43,18 @@ def shape_score(a: Sequence[int], b: Sequence[int]) -> float:
 def layer_score(src: LayerSpec, dst: LayerSpec) -> float:
     """Returns the score of a source layer against a target layer.
 
-    0 unless both have the same kind and neither is a placeholder; then their
-    :func:`shape_score`.
+    Args:
+      src: the source layer.
+      dst: the target layer.
+
+    Returns:
+      0 unless both have the same kind and neither is a placeholder; then their
+      :func:`shape_score`.
+
+    >>> layer_score(LayerSpec("dense", (8, 4)), LayerSpec("dense", (8, 8)))
+    0.5
+    >>> layer_score(LayerSpec("dense", (8, 8)), LayerSpec("conv2d", (8, 8)))
+    0.0
     """
     if src.kind != dst.kind or src.is_placeholder or dst.is_placeholder:
         return 0.0
@@ -48,7 +67,7 @@ def shape_score_matrix(
     dst_kind: jnp.ndarray,
     dst_shape: jnp.ndarray,
     *,
-    xp=jnp,
+    xp: ModuleType = jnp,
 ) -> jnp.ndarray:
     """Vectorised :func:`layer_score` for broadcastable arrays of encoded layers.
 
@@ -56,11 +75,15 @@ def shape_score_matrix(
       src_kind, dst_kind: integer kind ids; a negative id (placeholder, block, padding)
         never matches.
       src_shape, dst_shape: shapes padded with 0 to a common rank on the last axis.
-
       xp: the array module, ``jax.numpy`` (default) or ``numpy``.
 
     Returns:
       The broadcast score array (float32), 0 where the kinds differ.
+
+    >>> import numpy as np
+    >>> kind, shape = np.array([0, 0, 1]), np.array([[8, 4], [8, 8], [8, 8]])
+    >>> shape_score_matrix(kind[:, None], shape[:, None], kind, shape, xp=np).tolist()
+    [[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]
     """
     a = src_shape.astype(xp.float32)
     b = dst_shape.astype(xp.float32)

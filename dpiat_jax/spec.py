@@ -11,18 +11,17 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
+from dpiat_jax.types import IndexPath
+
 __all__ = [
     "LayerSpec",
     "SpecTree",
     "IndexPath",
     "validate_tree",
+    "structure_key",
     "iter_leaves",
     "get_at",
-    "DIMENSIONAL_KINDS",
-    "is_dimensional",
 ]
-
-IndexPath = tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +34,13 @@ class LayerSpec:
       shape: the shape of the principal tensor (kernel, embedding, scale). An empty
         shape marks a *placeholder*: a parameter-free module that keeps its position in
         the sequence but scores 0 against everything, itself included.
+
+    Raises:
+      TypeError: for a kind that is not a string or a shape that is not a tuple of ints.
+      ValueError: for a size that is not positive.
+
+    >>> LayerSpec("conv2d", [3, 3, 16, 32])
+    LayerSpec(kind='conv2d', shape=(3, 3, 16, 32))
     """
 
     kind: str
@@ -56,28 +62,33 @@ class LayerSpec:
 
     @property
     def is_placeholder(self) -> bool:
-        """True for a parameter-free position (empty shape)."""
+        """True for a parameter-free position (empty shape).
+
+        >>> LayerSpec("dropout", ()).is_placeholder
+        True
+        """
         return len(self.shape) == 0
 
 
 SpecTree = Union[LayerSpec, list["SpecTree"]]  # noqa: UP007 - a runtime alias
 
-#: Kinds that count as "dimensional" layers (conv, dense) for the blocks rules.
-DIMENSIONAL_KINDS = ("conv", "dense", "einsum")
-
-
-def is_dimensional(kind: str) -> bool:
-    """Whether a layer of this kind is a conv or dense layer (design.md, blocks rule 3)."""
-    k = kind.lower()
-    return any(token in k for token in DIMENSIONAL_KINDS) and not k.startswith("own:")
-
 
 def validate_tree(tree: Any, *, argname: str = "tree") -> list:
     """Checks that ``tree`` is a nested list with :class:`LayerSpec` leaves.
 
-    Returns the tree itself (unchanged) so it can be used inline. Raises ``TypeError``
-    naming the index path of the first offending element, and ``ValueError`` for a tree
-    that contains itself (a cycle).
+    Args:
+      tree: the object to check.
+      argname: the argument's name in error messages.
+
+    Returns:
+      The tree itself (unchanged), so it can be used inline.
+
+    Raises:
+      TypeError: naming the index path of the first offending element.
+      ValueError: for a tree that contains itself (a cycle).
+
+    >>> validate_tree([LayerSpec("bn", (8,)), [LayerSpec("bn", (8,))]])
+    [LayerSpec(kind='bn', shape=(8,)), [LayerSpec(kind='bn', shape=(8,))]]
     """
     if not isinstance(tree, (list, tuple)):
         raise TypeError(
@@ -111,8 +122,62 @@ def validate_tree(tree: Any, *, argname: str = "tree") -> list:
     return tree
 
 
+def structure_key(tree: Any, *, argname: str = "tree") -> tuple:
+    """Returns a hashable key of a spec tree: equal keys for trees that align identically.
+
+    Every leaf becomes its ``(kind, shape)`` and every nested list (or tuple) the tuple of
+    its children's keys, so two trees built separately but alike share one key; the
+    alignment kernel caches its encodings under it. Building the key checks the tree as
+    :func:`validate_tree` does, in the same walk.
+
+    Args:
+      tree: a nested list whose leaves are :class:`LayerSpec`.
+      argname: the argument's name in error messages.
+
+    Returns:
+      The key, a nested tuple (a leaf's key starts with its kind, a string; a list's key
+      holds only tuples, so the two never collide).
+
+    Raises:
+      TypeError, ValueError: as :func:`validate_tree`.
+
+    >>> structure_key([LayerSpec("dense", (4, 2)), [LayerSpec("none", ())]])
+    (('dense', (4, 2)), (('none', ()),))
+    """
+    if not isinstance(tree, (list, tuple)):
+        validate_tree(tree, argname=argname)
+    try:
+        return _key(tree)
+    except (TypeError, RecursionError):
+        validate_tree(tree, argname=argname)  # raises with the offending index path
+        raise
+
+
+def _key(node: Sequence) -> tuple:
+    out = []
+    for child in node:
+        if isinstance(child, LayerSpec):
+            out.append((child.kind, child.shape))
+        elif isinstance(child, (list, tuple)):
+            out.append(_key(child))
+        else:
+            raise TypeError(type(child).__name__)
+    return tuple(out)
+
+
 def iter_leaves(tree: SpecTree, prefix: IndexPath = ()) -> Iterator[tuple[IndexPath, LayerSpec]]:
-    """Yields ``(index_path, leaf)`` for every leaf in depth-first order."""
+    """Yields every leaf of a spec tree with its index path, depth first.
+
+    Args:
+      tree: a spec tree (or a single leaf).
+      prefix: the index path of ``tree`` itself.
+
+    Yields:
+      ``(index_path, leaf)`` in depth-first order.
+
+    >>> [path for path, _ in iter_leaves([LayerSpec("bn", (8,)), [LayerSpec("bn", (8,))]])]
+    [(0,), (1, 0)]
+    """
     if isinstance(tree, LayerSpec):
         yield prefix, tree
         return
@@ -121,7 +186,18 @@ def iter_leaves(tree: SpecTree, prefix: IndexPath = ()) -> Iterator[tuple[IndexP
 
 
 def get_at(tree: SpecTree, path: Sequence[int]) -> SpecTree:
-    """Returns the element of a nested list at an index path."""
+    """Returns the element of a nested list at an index path.
+
+    Args:
+      tree: a spec tree.
+      path: one index per level.
+
+    Returns:
+      The leaf or nested list at ``path``.
+
+    >>> get_at([LayerSpec("bn", (8,)), [LayerSpec("dense", (8, 2))]], (1, 0))
+    LayerSpec(kind='dense', shape=(8, 2))
+    """
     node = tree
     for i in path:
         node = node[i]  # type: ignore[index]

@@ -26,9 +26,16 @@ uses to keep one subset per channel space of the target (:mod:`dpiat_jax.channel
 positions drawn per tensor) and plain user functions have neither and are applied per
 tensor as they are.
 
-Positional embeddings (:func:`resize_positional`) are resized over their patch grid by
-interpolation before any rule sees them; that is a property of the tensor, so it holds
-for every rule.
+Positional embeddings are found here too (:func:`is_positional_embedding`: the one place
+that decides which tensors are positional) and resized over their patch grid by
+interpolation (:func:`resize_positional`) before any rule sees them; that is a property
+of the tensor, so it holds for every rule.
+
+>>> import jax.numpy as jnp
+>>> sorted(TENSOR_RULES)
+['clip', 'full', 'magnitude', 'uniform']
+>>> TENSOR_RULES["uniform"](jnp.arange(5.0), jnp.zeros(3))
+Array([0., 2., 4.], dtype=float32)
 """
 
 from __future__ import annotations
@@ -36,16 +43,21 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dpiat_jax import kinds
+from dpiat_jax.types import PRNGKey, Shape
+
 __all__ = [
     "TensorRule",
     "TensorFn",
+    "RuleRng",
+    "SelectChannelsFn",
+    "ApplyChannelsFn",
     "clip",
     "magnitude",
     "full",
@@ -61,13 +73,15 @@ __all__ = [
     "tensor_rule_name",
 ]
 
+#: What a rule takes as ``rng``: a jax PRNG key, an int seed, or None (seed 0).
+RuleRng = PRNGKey | int | None
 #: ``(src, dst, rng) -> array``: a tensor rule as a plain function.
-TensorFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+TensorFn = Callable[[jax.Array, jax.Array, RuleRng], jax.Array]
 #: ``(members, b) -> indices``: the channels one channel space keeps.
 SelectChannelsFn = Callable[[Sequence[tuple[jax.Array, int]], int], jax.Array]
 #: ``(src, dst, rng, channel_axes, selections) -> array``: the rule with known channels.
 ApplyChannelsFn = Callable[
-    [jax.Array, jax.Array, Any, Sequence[int], Mapping[int, jax.Array]], jax.Array
+    [jax.Array, jax.Array, RuleRng, Sequence[int], Mapping[int, jax.Array]], jax.Array
 ]
 
 
@@ -113,17 +127,37 @@ class TensorRule:
         """Whether the rule keeps one channel subset per channel space."""
         return self.select_channels is not None
 
-    def __call__(self, src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
-        """Applies the rule to one tensor pair (``apply``)."""
+    def __call__(self, src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
+        """Applies the rule to one tensor pair (``apply``).
+
+        Args:
+          src: the matched source tensor.
+          dst: the target tensor's fresh initialisation.
+          rng: a jax PRNG key, an int seed or None (used by randomised rules).
+
+        Returns:
+          An array of ``dst``'s shape and dtype.
+        """
         return self.apply(src, dst, rng)
 
 
-def centre_slices(src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
+def centre_slices(src_shape: Shape, dst_shape: Shape) -> tuple[tuple[slice, ...], ...]:
     """Returns ``(src_slices, dst_slices)`` of the clip rule.
 
     Per dimension with source size a and target size b: a < b puts the whole source at
     the centre of the target (from ``(b - a) // 2``); a > b takes the centre of the
     source (from ``(a - b) // 2``); a = b copies as is.
+
+    Args:
+      src_shape: the source tensor's shape.
+      dst_shape: the target tensor's shape (the same rank).
+
+    Returns:
+      Two tuples of slices, one per dimension: ``dst[dst_slices] = src[src_slices]`` is
+      the clip rule.
+
+    >>> centre_slices((4,), (2,))
+    ((slice(1, 3, None),), (slice(None, None, None),))
     """
     src_slices, dst_slices = [], []
     for a, b in zip(src_shape, dst_shape, strict=True):
@@ -141,11 +175,26 @@ def centre_slices(src_shape: tuple[int, ...], dst_shape: tuple[int, ...]):
     return tuple(src_slices), tuple(dst_slices)
 
 
-def clip(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
+def clip(src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
     """The default rule: centre-crop or centre-place ``src`` into ``dst``.
 
-    Returns a new array of ``dst``'s shape and dtype (the source values cast); the
-    positions the source does not reach keep ``dst``'s values.
+    Slices only (:func:`centre_slices`), so it is cheap and jit-compatible.
+
+    Args:
+      src: the matched source tensor.
+      dst: the target tensor's fresh initialisation (the same rank).
+      rng: unused.
+
+    Returns:
+      A new array of ``dst``'s shape and dtype (the source values cast); the positions
+      the source does not reach keep ``dst``'s values.
+
+    Raises:
+      ValueError: when the ranks differ.
+
+    >>> import jax.numpy as jnp
+    >>> clip(jnp.ones(2), jnp.zeros(4))
+    Array([0., 1., 1., 0.], dtype=float32)
     """
     del rng
     if src.ndim != dst.ndim:
@@ -165,12 +214,12 @@ def clip(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     return lax.dynamic_update_slice(jnp.asarray(dst), piece, offsets)
 
 
-def _check_ranks(name: str, src: Any, dst: Any) -> None:
+def _check_ranks(name: str, src: jax.Array, dst: jax.Array) -> None:
     if src.ndim != dst.ndim:
         raise ValueError(f"{name} needs tensors of equal rank, got {src.shape} and {dst.shape}.")
 
 
-def _as_key(rng: Any) -> jax.Array:
+def _as_key(rng: RuleRng) -> PRNGKey:
     """A jax PRNG key from a key, an int seed or None (seed 0)."""
     if rng is None:
         return jax.random.key(0)
@@ -222,7 +271,7 @@ def _magnitude_core(
     return _place(src[tuple(src_slices)], dst, tuple(dst_slices))
 
 
-def magnitude(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
+def magnitude(src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
     """Channel selection by magnitude (design.md, "Other tensor rules").
 
     The last two dimensions of a Flax kernel are the input and output channels; a
@@ -235,11 +284,26 @@ def magnitude(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     two) follow the clip rule.
 
     Called on its own, each tensor is ranked on its own. In a transfer the rule is
-    channel-consistent (:attr:`magnitude.select_channels`,
-    :attr:`magnitude.apply_channels`, :mod:`dpiat_jax.channels`): the output channels
+    channel-consistent (the ``select_channels`` and ``apply_channels`` of
+    ``TENSOR_RULES["magnitude"]``, :mod:`dpiat_jax.channels`): the output channels
     kept for a layer's kernel are also kept in its bias, the norm after it and the
     next layer's input dimension, and every dimension the target's data flow marks as
     a channel dimension (heads, embeddings, the residual stream) is treated as one.
+
+    Args:
+      src: the matched source tensor.
+      dst: the target tensor's fresh initialisation (the same rank).
+      rng: unused.
+
+    Returns:
+      An array of ``dst``'s shape and dtype.
+
+    Raises:
+      ValueError: when the ranks differ.
+
+    >>> import jax.numpy as jnp
+    >>> magnitude(jnp.array([1.0, -5.0, 2.0, 4.0]), jnp.zeros(2))
+    Array([-5.,  4.], dtype=float32)
     """
     del rng
     _check_ranks("magnitude", src, dst)
@@ -252,7 +316,21 @@ def magnitude(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
 
 
 def channel_norms(src: jax.Array, axis: int) -> jax.Array:
-    """The L1 norm of every channel along ``axis`` over all other dimensions (float32)."""
+    """Returns the L1 norm of every channel along ``axis`` over all other dimensions.
+
+    This is what ``magnitude`` ranks channels by.
+
+    Args:
+      src: a tensor.
+      axis: the channel dimension.
+
+    Returns:
+      A float32 vector of length ``src.shape[axis]``.
+
+    >>> import jax.numpy as jnp
+    >>> channel_norms(jnp.array([[1.0, -2.0], [3.0, 4.0]]), 1)
+    Array([4., 6.], dtype=float32)
+    """
     others = tuple(d for d in range(src.ndim) if d != axis)
     return jnp.sum(jnp.abs(jnp.asarray(src).astype(jnp.float32)), axis=others)
 
@@ -275,10 +353,11 @@ def _magnitude_select(members: Sequence[tuple[jax.Array, int]], b: int) -> jax.A
 def _magnitude_apply(
     src: jax.Array,
     dst: jax.Array,
-    rng: Any,
+    rng: RuleRng,
     channel_axes: Sequence[int],
     selections: Mapping[int, jax.Array],
 ) -> jax.Array:
+    """``magnitude`` with the target's channel dimensions and selections known."""
     del rng
     _check_ranks("magnitude", src, dst)
     src = jnp.asarray(src)
@@ -287,7 +366,7 @@ def _magnitude_apply(
     return _magnitude_core(src, dst, list(channel_axes), selections)
 
 
-def full(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
+def full(src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
     """Fills the whole target from the source (design.md, "Other tensor rules").
 
     Per dimension an index map from target to source positions: a growing dimension
@@ -297,6 +376,22 @@ def full(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
     key, an int seed, or None for seed 0); a shrinking dimension takes the source's
     centre; an equal one copies. The result is the source gathered through these maps,
     so no position keeps ``dst``'s values.
+
+    Args:
+      src: the matched source tensor.
+      dst: the target tensor's fresh initialisation (the same rank).
+      rng: a jax PRNG key, an int seed, or None (seed 0).
+
+    Returns:
+      An array of ``dst``'s shape and dtype.
+
+    Raises:
+      ValueError: when the ranks differ.
+
+    >>> import jax.numpy as jnp
+    >>> out = full(jnp.array([1.0, 2.0]), jnp.zeros(4), rng=0)
+    >>> out[1:3]  # the centre holds the source; the ends are copies of source positions
+    Array([1., 2.], dtype=float32)
     """
     _check_ranks("full", src, dst)
     key = _as_key(rng)
@@ -314,22 +409,50 @@ def full(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
 
 
 def uniform_indices(a: int, b: int) -> np.ndarray:
-    """``b`` evenly spaced positions of ``a``: ``np.round(np.linspace(0, a - 1, b))``."""
+    """Returns ``b`` evenly spaced positions of ``a``, the ends included.
+
+    Args:
+      a: the source size.
+      b: the number of positions to keep (at most ``a``).
+
+    Returns:
+      ``np.round(np.linspace(0, a - 1, b))`` as int32.
+
+    >>> uniform_indices(5, 3)
+    array([0, 2, 4], dtype=int32)
+    """
     return np.round(np.linspace(0, a - 1, b)).astype(np.int32)
 
 
-def uniform(src: jax.Array, dst: jax.Array, rng: Any = None) -> jax.Array:
-    """Like clip, but a shrinking dimension takes evenly spaced source positions
-    (:func:`uniform_indices`, the ends included) instead of its centre; a growing
-    dimension puts the source at the centre as in clip.
+def uniform(src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
+    """Like clip, but a shrinking dimension takes evenly spaced source positions.
 
-    The positions depend only on the two sizes, so the rule is channel-consistent by
+    A shrinking dimension takes :func:`uniform_indices` (the ends included) instead of
+    its centre; a growing dimension puts the source at the centre as in clip. The
+    positions depend only on the two sizes, so the rule is channel-consistent by
     construction; in a transfer it goes through the same selection mechanism as
-    :func:`magnitude` (with identical results)."""
+    :func:`magnitude` (with identical results).
+
+    Args:
+      src: the matched source tensor.
+      dst: the target tensor's fresh initialisation (the same rank).
+      rng: unused.
+
+    Returns:
+      An array of ``dst``'s shape and dtype.
+
+    Raises:
+      ValueError: when the ranks differ.
+
+    >>> import jax.numpy as jnp
+    >>> uniform(jnp.arange(5.0), jnp.zeros(3))
+    Array([0., 2., 4.], dtype=float32)
+    """
     return _uniform_apply(src, dst, rng, (), {})
 
 
 def _uniform_select(members: Sequence[tuple[jax.Array, int]], b: int) -> jax.Array:
+    """The ``b`` evenly spaced channels of the first member's source dimension."""
     src, axis = members[0]
     return jnp.asarray(uniform_indices(src.shape[axis], b))
 
@@ -337,10 +460,11 @@ def _uniform_select(members: Sequence[tuple[jax.Array, int]], b: int) -> jax.Arr
 def _uniform_apply(
     src: jax.Array,
     dst: jax.Array,
-    rng: Any,
+    rng: RuleRng,
     channel_axes: Sequence[int],
     selections: Mapping[int, jax.Array],
 ) -> jax.Array:
+    """``uniform`` with given selections (dimension -> source indices) where shrinking."""
     del rng, channel_axes
     _check_ranks("uniform", src, dst)
     src = jnp.asarray(src)
@@ -364,8 +488,18 @@ def _uniform_apply(
 
 
 def positional_grid(tokens: int) -> tuple[int, bool] | None:
-    """``(grid side, has a class token)`` for a token count ``grid**2`` or
-    ``grid**2 + 1``; None for anything else (and for fewer than 2 tokens)."""
+    """Reads a token count as a square patch grid, with or without a class token.
+
+    Args:
+      tokens: the number of rows of a positional embedding.
+
+    Returns:
+      ``(grid side, has a class token)`` for a count ``side**2`` or ``side**2 + 1``;
+      None for anything else (and for fewer than 2 tokens).
+
+    >>> positional_grid(17), positional_grid(16), positional_grid(12)
+    ((4, True), (4, False), None)
+    """
     if tokens < 2:
         return None
     side = math.isqrt(tokens)
@@ -377,11 +511,32 @@ def positional_grid(tokens: int) -> tuple[int, bool] | None:
     return None
 
 
-def is_positional_embedding(name: str, shape: tuple[int, ...]) -> bool:
-    """Whether a tensor is a positional embedding that :func:`resize_positional` may
-    resize: its name (tensor name or owning module name) contains ``pos`` (but not as
-    part of ``transpose``, ``compose`` or ``purpose``) and it is shaped ``(1, T, D)`` or
-    ``(T, D)``."""
+def is_positional_embedding(name: str, shape: Shape, kind: str | None = None) -> bool:
+    """Whether a tensor is a positional embedding that :func:`resize_positional` may resize.
+
+    The one place that decides it. A tensor is positional when its layer's kind may
+    hold one (:func:`dpiat_jax.kinds.may_be_positional`: not a conv, dense or norm
+    layer), its name contains ``pos`` (but not as part of ``transpose``, ``compose`` or
+    ``purpose``) and it is shaped ``(1, T, D)`` or ``(T, D)``.
+
+    Args:
+      name: the tensor's label: its name, or the owning module's name and the tensor's
+        name (``"PosEmbed_0/embedding"``).
+      shape: the tensor's shape.
+      kind: the kind of the layer that owns it; None skips the kind test.
+
+    Returns:
+      True for a positional embedding.
+
+    >>> is_positional_embedding("pos_embedding", (1, 17, 8), kind="own:ViT")
+    True
+    >>> is_positional_embedding("conv_transpose/kernel", (3, 8))
+    False
+    >>> is_positional_embedding("pos/kernel", (3, 8), kind="dense")
+    False
+    """
+    if kind is not None and not kinds.may_be_positional(kind):
+        return False
     lowered = name.lower()
     for word in ("transpose", "compose", "purpose"):
         lowered = lowered.replace(word, "")
@@ -391,7 +546,7 @@ def is_positional_embedding(name: str, shape: tuple[int, ...]) -> bool:
 
 
 def resize_positional(
-    src: jax.Array, dst_shape: tuple[int, ...], method: str = "bilinear"
+    src: jax.Array, dst_shape: Shape, method: str = "bilinear"
 ) -> tuple[jax.Array, bool] | None:
     """Resizes a positional embedding over its patch grid.
 
@@ -403,13 +558,26 @@ def resize_positional(
     cast back; a class-token row present on both sides is copied, one present only in
     the source is dropped. ``D`` is left to the tensor rule.
 
-    Returns ``(resized source with the target's token count, keep_first_row)`` where
-    ``keep_first_row`` says the target has a class token the source lacks (its row
-    keeps the target's fresh values), or None when nothing is to be resized (equal
-    token counts, or counts that are not grids). Static shapes only: jit-compatible.
+    Static shapes only: jit-compatible.
 
     Limits: the grid is assumed square and the class token first; a 1-D sequence
     embedding whose lengths happen to be squares (256 -> 1024) is resized as a grid.
+
+    Args:
+      src: the source embedding, ``(1, T, D)`` or ``(T, D)``.
+      dst_shape: the target's shape (the same rank).
+      method: the ``jax.image.resize`` method.
+
+    Returns:
+      ``(resized source with the target's token count, keep_first_row)`` where
+      ``keep_first_row`` says the target has a class token the source lacks (its row
+      keeps the target's fresh values), or None when nothing is to be resized (equal
+      token counts, or counts that are not grids).
+
+    >>> import jax.numpy as jnp
+    >>> out, keep_first_row = resize_positional(jnp.zeros((1, 5, 2)), (1, 17, 2))
+    >>> out.shape, keep_first_row
+    ((1, 17, 2), False)
     """
     axis = src.ndim - 2
     t_src, t_dst = src.shape[axis], dst_shape[axis]
@@ -444,9 +612,15 @@ TENSOR_RULES: dict[str, TensorRule] = {
 
 
 def get_tensor_rule(rule: str | TensorRule | TensorFn) -> TensorRule:
-    """Returns the :class:`TensorRule` for a name in :data:`TENSOR_RULES`, a record as
-    is, or a plain function ``(src, dst, rng) -> array`` wrapped as a per-tensor rule
-    (named after the function).
+    """Returns the :class:`TensorRule` that ``rule`` names or is.
+
+    Args:
+      rule: a name in :data:`TENSOR_RULES`, a record (returned as is), or a plain
+        function ``(src, dst, rng) -> array``: a built-in rule's function gives its
+        record, any other is wrapped as a per-tensor rule named after the function.
+
+    Returns:
+      The :class:`TensorRule` record.
 
     Raises:
       ValueError: for an unknown name or anything else, naming the valid choices.
@@ -470,5 +644,15 @@ def get_tensor_rule(rule: str | TensorRule | TensorFn) -> TensorRule:
 
 
 def tensor_rule_name(rule: str | TensorRule | TensorFn) -> str:
-    """The name a report records: the registry name, else the function's name."""
+    """Returns the name a report records for ``rule``.
+
+    Args:
+      rule: anything :func:`get_tensor_rule` takes.
+
+    Returns:
+      The registry name of a built-in rule, else the record's or function's name.
+
+    >>> tensor_rule_name(magnitude), tensor_rule_name(lambda src, dst, rng: dst)
+    ('magnitude', '<lambda>')
+    """
     return get_tensor_rule(rule).name

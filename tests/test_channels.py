@@ -379,3 +379,20 @@ def test_every_rule_runs_through_transfer_on_the_residual(residual):
         assert jax.tree.structure(out) == jax.tree.structure(fresh)
         for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(fresh)):
             assert x.shape == y.shape and x.dtype == y.dtype
+
+
+def test_selections_rank_each_tensor_dimension_once():
+    # A repeated item (same key and dimension) ranks once; distinct keys rank each.
+    from dpiat_jax.channels import ChannelGraph
+
+    graph = ChannelGraph({("a",): (0,), ("b",): (0,)}, {("a",): (True,), ("b",): (True,)})
+    seen = []
+
+    def select(members, b):
+        seen.append([(tuple(np.asarray(s)), axis) for s, axis in members])
+        return jnp.arange(b)
+
+    a, b = jnp.array([1.0, 2, 3]), jnp.array([3.0, 2, 1])
+    channel_selections(graph, [(("a",), a, (2,)), (("a",), a, (2,))], select)
+    channel_selections(graph, [(("a",), a, (2,)), (("b",), b, (2,))], select)
+    assert seen == [[((1.0, 2.0, 3.0), 0)], [((1.0, 2.0, 3.0), 0), ((3.0, 2.0, 1.0), 0)]]

@@ -258,3 +258,34 @@ def test_root_that_is_itself_a_layer():
     assert layer.path == ()
     assert layer.kind == "dense"
     assert layer.shape == (2, 3)
+
+
+# ----------------------------------------------------------------------------------
+# Records compare by value: identity fields, never the arrays.
+
+
+def test_layer_equality_and_hash_ignore_the_arrays():
+    a = Layer(("fc",), "dense", "Dense", {"params": {"kernel": jnp.zeros((3, 4))}}, "kernel")
+    b = Layer(("fc",), "dense", "Dense", {"params": {"kernel": jnp.ones((5, 6))}}, "kernel")
+    assert a == b and hash(a) == hash(b)
+    assert {a: 1}[b] == 1
+    for other in (
+        Layer(("fc2",), "dense", "Dense", {}, "kernel"),
+        Layer(("fc",), "dense_general", "Dense", {}, "kernel"),
+        Layer(("fc",), "dense", "MyDense", {}, "kernel"),
+        Layer(("fc",), "dense", "Dense", {}, "bias"),
+    ):
+        assert a != other
+
+
+def test_two_traces_of_one_model_give_equal_records():
+    x = jnp.zeros((1, 8, 3))
+    variables = np_init(Mixed(), x)
+    first, _ = trace(Mixed(), variables, (x,), {})
+    second, _ = trace(Mixed(), None, (x,), {})  # abstract tensors this time
+    assert first == second and hash(first) == hash(second)
+    assert layers(first) == layers(second)
+    # A stage can key by layer: the layers of one model are distinct values.
+    by_layer = {layer: i for i, layer in enumerate(layers(first))}
+    assert [by_layer[layer] for layer in layers(second)] == list(range(len(layers(first))))
+    assert ModuleNode((), first.type_name, first.children[:-1]) != first
