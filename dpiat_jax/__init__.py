@@ -9,10 +9,12 @@ Pipeline stages (design.md), each a public module of pure functions:
 ``dpiat_jax.layers`` -> ``dpiat_jax.blocks`` -> ``dpiat_jax.scores`` ->
 ``dpiat_jax.alignment`` -> ``dpiat_jax.matching`` -> ``dpiat_jax.tensors`` ->
 ``dpiat_jax.variables``; :func:`module_layers` and :func:`module_blocks` run the first
-two on a module.
+two on a module. ``dpiat_jax.plan(src_def, dst_def, ...)`` runs every stage on shapes
+alone and returns a :class:`TransferPlan`, whose ``apply(src_variables, rng)`` is the
+pure, jittable program that ``transfer`` runs.
 """
 
-from dpiat_jax.alignment import Alignment
+from dpiat_jax.alignment import Alignment, enable_compilation_cache
 from dpiat_jax.api import (
     match,
     module_blocks,
@@ -25,6 +27,7 @@ from dpiat_jax.blocks import to_spec_tree
 from dpiat_jax.layers import Layer, ModuleNode
 from dpiat_jax.matchers import MATCHERS, align, get_matcher
 from dpiat_jax.matching import MatchReport
+from dpiat_jax.plan import TransferPlan, plan
 from dpiat_jax.spec import LayerSpec
 from dpiat_jax.tensors import TENSOR_RULES, clip, get_tensor_rule
 
@@ -38,13 +41,16 @@ __all__ = [
     "LayerSpec",
     "MatchReport",
     "ModuleNode",
+    "TransferPlan",
     "align",
     "clip",
+    "enable_compilation_cache",
     "get_matcher",
     "get_tensor_rule",
     "match",
     "module_blocks",
     "module_layers",
+    "plan",
     "rank_sources",
     "similarity",
     "to_spec_tree",

@@ -7,6 +7,7 @@ The alignment gives index paths into the spec trees; this stage maps them back t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 from dpiat_jax.alignment import Alignment
 from dpiat_jax.blocks import tree_leaves
@@ -19,7 +20,18 @@ __all__ = ["LayerPair", "MatchReport", "layer_pairs", "build_report"]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LayerPair:
-    """A matched source layer and target layer, with their layer score."""
+    """A matched source layer and target layer, with their layer score.
+
+    Attributes:
+      src: the source :class:`~dpiat_jax.layers.Layer`.
+      dst: the target layer.
+      score: their layer score (:func:`dpiat_jax.scores.layer_score`).
+
+    >>> from dpiat_jax.layers import Layer
+    >>> layer = Layer(("a",), "dense", "Dense", {}, "kernel")
+    >>> LayerPair(layer, layer, 1.0).dst.name
+    'a'
+    """
 
     src: Layer
     dst: Layer
@@ -27,7 +39,23 @@ class LayerPair:
 
 
 def layer_pairs(alignment: Alignment, src_blocks: list, dst_blocks: list) -> list[LayerPair]:
-    """Returns the matched layer pairs of an alignment, in target call order."""
+    """Returns the matched layer pairs of an alignment, in target call order.
+
+    Args:
+      alignment: the matcher's :class:`~dpiat_jax.alignment.Alignment` (index paths).
+      src_blocks, dst_blocks: the block trees the spec trees were made from.
+
+    Returns:
+      One :class:`LayerPair` per aligned leaf pair.
+
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.alignment import Alignment
+    >>> from dpiat_jax.layers import Layer
+    >>> small = Layer(("a",), "dense", "Dense", {"params": {"kernel": jnp.zeros((2, 2))}}, "kernel")
+    >>> big = Layer(("b",), "dense", "Dense", {"params": {"kernel": jnp.zeros((2, 4))}}, "kernel")
+    >>> layer_pairs(Alignment(0.5, [((0,), (0,))]), [small], [big])[0].score
+    0.5
+    """
     out = []
     for sp, dp in alignment.pairs:
         src, dst = get_at(src_blocks, sp), get_at(dst_blocks, dp)
@@ -50,6 +78,10 @@ class MatchReport:
         all target scalars (every collection).
       score: the top-level alignment score; similarity: score / the target's self score.
       matcher, tensor_rule: how the pairs and tensors were produced.
+
+    >>> report = MatchReport((("a", "b", 0.5),), (), (), (), 1, 2, 10, 40, 0.5, 0.25)
+    >>> report.layer_coverage, report.param_coverage
+    (0.5, 0.25)
     """
 
     pairs: tuple[tuple[str, str, float], ...]
@@ -114,24 +146,44 @@ def build_report(
     src_blocks: list,
     dst_blocks: list,
     *,
-    written: dict[int, int],
-    skipped: list[tuple[str, str, str]],
+    written: Mapping[str, int],
+    skipped: Sequence[tuple[str, str, str]],
     score: float,
     similarity: float,
     matcher: str = "dp",
     tensor_rule: str = "clip",
 ) -> MatchReport:
-    """Summarises a matching. ``written`` maps ``id(dst layer)`` to scalars written."""
+    """Summarises a matching (layers are joined by their names, i.e. module paths).
+
+    Args:
+      pairs: the matched layer pairs (:func:`layer_pairs`).
+      src_blocks, dst_blocks: the two block trees (:func:`dpiat_jax.blocks.blocks`).
+      written: target layer name -> scalars written from the source.
+      skipped: ``(target tensor, source tensor, reason)`` of tensors not moved.
+      score: the alignment's score; similarity: score / the target's self score.
+      matcher, tensor_rule: the names the report records.
+
+    Returns:
+      The :class:`MatchReport`.
+
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.layers import Layer
+    >>> layer = Layer(("a",), "dense", "Dense", {"params": {"bias": jnp.ones(2)}}, "bias")
+    >>> report = build_report([LayerPair(layer, layer, 1.0)], [layer], [layer],
+    ...                       written={"a": 2}, skipped=(), score=1.0, similarity=1.0)
+    >>> report.pairs, report.param_coverage
+    ((('a', 'a', 1.0),), 1.0)
+    """
     src_layers = [x for x in tree_leaves(src_blocks) if not x.is_placeholder]
     dst_layers = [x for x in tree_leaves(dst_blocks) if not x.is_placeholder]
-    used_src = {id(p.src) for p in pairs}
-    used_dst = {id(p.dst) for p in pairs}
+    used_src = {p.src.name for p in pairs}
+    used_dst = {p.dst.name for p in pairs}
     return MatchReport(
         pairs=tuple((p.src.name, p.dst.name, float(p.score)) for p in pairs),
-        unmatched_src=tuple(x.name for x in src_layers if id(x) not in used_src),
-        unmatched_dst=tuple(x.name for x in dst_layers if id(x) not in used_dst),
+        unmatched_src=tuple(x.name for x in src_layers if x.name not in used_src),
+        unmatched_dst=tuple(x.name for x in dst_layers if x.name not in used_dst),
         skipped=tuple(skipped),
-        layers_transferred=sum(1 for x in dst_layers if written.get(id(x), 0) > 0),
+        layers_transferred=sum(1 for x in dst_layers if written.get(x.name, 0) > 0),
         layers_total=len(dst_layers),
         params_transferred=sum(written.values()),
         params_total=sum(x.num_params() for x in dst_layers),

@@ -1,8 +1,15 @@
-"""Variables: write matched source tensors into a fresh target initialisation.
+"""Variables: which source tensor moves into which target tensor, and the moving itself.
 
-The last stage of the pipeline: it takes the target's fresh variables, replaces every
-tensor that has a matched source counterpart by what the tensor rule makes of it, and
-returns a new pytree with exactly the fresh init's structure, shapes and dtypes.
+The last stage of the pipeline, in two halves as the transfer plan is
+(:mod:`dpiat_jax.plan`):
+
+* shapes only: :func:`plan_moves` lists, for every tensor of every matched layer pair, a
+  :class:`TensorMove` (target key, source key, shapes, positional resize) or the reason
+  it cannot move; :func:`plan_channels` gives each move its channel dimensions and lists
+  the :class:`ChannelGroup` selections a channel-selecting rule computes;
+* arrays: :func:`apply_moves` takes the target's fresh variables and the source's
+  arrays (both flattened by key) and returns the target's new arrays. It uses static
+  shapes and jnp operations only, so it runs inside ``jax.jit``.
 
 Two things happen here rather than in the rules, because they are properties of the
 tensors and of the target, not of a rule:
@@ -16,150 +23,477 @@ tensors and of the target, not of a rule:
   (:mod:`dpiat_jax.channels`) and every tensor dimension of that space takes it, so a
   layer's kernel, its bias, the norm after it, the next layer's input and a residual
   partner keep the same channels.
+
+Stages are joined by keys (layer paths, flattened variables keys), never by object
+identity.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
-from dpiat_jax.channels import (
-    ChannelGraph,
-    call_order_channels,
-    channel_axes,
-    channel_selections,
-    needs_channels,
-)
+from dpiat_jax.channels import ChannelGraph, call_order_channels, channel_axes
 from dpiat_jax.matching import LayerPair
-from dpiat_jax.tensors import TensorRule, is_positional_embedding, resize_positional
-
-__all__ = ["write_tensors", "tensor_key", "nonfinite_tensors"]
-
-_NOT_POSITIONAL = (
-    "conv",
-    "dense",
-    "depthwise_conv",
-    "batch_norm",
-    "layer_norm",
-    "group_norm",
-    "rms_norm",
+from dpiat_jax.tensors import (
+    TensorRule,
+    centre_slices,
+    is_positional_embedding,
+    positional_grid,
+    resize_positional,
 )
+from dpiat_jax.types import ModulePath, PRNGKey, Shape, Variables
+
+__all__ = [
+    "TensorKey",
+    "TensorMove",
+    "ChannelGroup",
+    "tensor_key",
+    "flat_variables",
+    "plan_moves",
+    "plan_channels",
+    "apply_moves",
+    "written_scalars",
+    "checked_tensors",
+    "write_tensors",
+    "nonfinite_tensors",
+]
+
+#: A flattened variables key: ``(collection, *module path, *tensor name parts)``.
+TensorKey = tuple[str, ...]
 
 
-def tensor_key(collection: str, layer_path: tuple[str, ...], name: str) -> tuple[str, ...]:
-    """The flattened variables key of a layer's tensor."""
+def tensor_key(collection: str, layer_path: ModulePath, name: str) -> TensorKey:
+    """Returns the flattened variables key of a layer's tensor.
+
+    Args:
+      collection: the variables collection (``"params"``, ``"batch_stats"``...).
+      layer_path: the layer's module path.
+      name: the tensor's name relative to the layer (``"kernel"``, ``"sub/x"``).
+
+    Returns:
+      ``(collection, *layer_path, *name.split("/"))``.
+
+    >>> tensor_key("params", ("block0", "conv"), "kernel")
+    ('params', 'block0', 'conv', 'kernel')
+    """
     return (collection, *layer_path, *name.split("/"))
 
 
-@dataclasses.dataclass
-class _Job:
-    key: tuple[str, ...]
-    dst_name: str
-    source: Any
-    target: Any
-    pair: LayerPair
+def flat_variables(variables: Variables) -> dict[TensorKey, Any]:
+    """Returns a variables dict flattened to ``{key: leaf}`` with string keys.
+
+    Args:
+      variables: a (possibly frozen) nested dict of arrays.
+
+    Returns:
+      A dict from :data:`TensorKey` to leaf, in the nested dict's order.
+
+    >>> flat_variables({"params": {"dense": {"bias": 0}}})
+    {('params', 'dense', 'bias'): 0}
+    """
+    flat = traverse_util.flatten_dict(dict(variables))
+    return {tuple(str(k) for k in key): v for key, v in flat.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMove:
+    """One target tensor that takes values from one source tensor.
+
+    Attributes:
+      dst: the target tensor's key; src: the source tensor's key.
+      dst_layer, src_layer: the matched layers' names (``"/"``-joined paths).
+      src_shape: the source tensor's shape; dst_shape: the target tensor's.
+      moved_shape: the source's shape after a positional resize (``src_shape`` when
+        there is none): what the tensor rule receives.
+      positional: the source is a positional embedding of another patch grid, resized
+        over the grid first (:func:`dpiat_jax.tensors.resize_positional`).
+      keep_first_row: the target has a class-token row the source lacks; it keeps its
+        fresh values.
+      channel_axes: the target's channel dimensions for a channel-selecting rule (None:
+        the rule is applied to the tensor on its own).
+      selections: ``(dimension, index into the plan's channel groups)`` for every
+        shrinking channel dimension.
+
+    >>> move = TensorMove(("params", "d", "kernel"), ("params", "s", "kernel"), "d", "s",
+    ...                   (3, 8), (3, 4), (3, 8))
+    >>> move.overlap, move.slices[0]
+    (12, (slice(None, None, None), slice(2, 6, None)))
+    """
+
+    dst: TensorKey
+    src: TensorKey
+    dst_layer: str
+    src_layer: str
+    src_shape: Shape
+    dst_shape: Shape
+    moved_shape: Shape
+    positional: bool = False
     keep_first_row: bool = False
+    channel_axes: tuple[int, ...] | None = None
+    selections: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def overlap(self) -> int:
+        """The number of target scalars written from the source."""
+        return math.prod(min(a, b) for a, b in zip(self.moved_shape, self.dst_shape))
+
+    @property
+    def slices(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """``(source slices, target slices)`` of the centre geometry (the clip rule's
+        moves exactly these; a channel-selecting rule picks the channels along
+        ``channel_axes`` from the source's values instead, and ``full`` fills the
+        target's rim too)."""
+        return centre_slices(self.moved_shape, self.dst_shape)
 
 
-def _positional_source(pair: LayerPair, collection: str, name: str, source, target):
-    """The source resized over the patch grid when the tensor is a positional
-    embedding of another grid; else None."""
-    if collection != "params" or pair.dst.kind.startswith(_NOT_POSITIONAL):
+@dataclasses.dataclass(frozen=True)
+class ChannelGroup:
+    """One channel selection a channel-selecting rule computes from the source.
+
+    Attributes:
+      space: the target's channel space (:class:`~dpiat_jax.channels.ChannelGraph`).
+      src_size: the source dimension's size; size: the number of channels kept.
+      members: ``(move index, dimension)`` of the source tensors that rank the space
+        (its producers, or every member when none produces it).
+
+    >>> ChannelGroup(space=0, src_size=8, size=4, members=((0, 1),)).size
+    4
+    """
+
+    space: int
+    src_size: int
+    size: int
+    members: tuple[tuple[int, int], ...]
+
+
+def _positional(pair: LayerPair, collection: str, name: str, src: Shape, dst: Shape):
+    """``(moved shape, keep_first_row)`` when the source is a positional embedding of
+    another grid that is resized first; None otherwise (shapes only, as
+    :func:`~dpiat_jax.tensors.resize_positional` decides)."""
+    if collection != "params":
         return None
     label = "/".join([*pair.dst.path[-1:], name])
-    shape, src_shape = tuple(target.shape), tuple(source.shape)
-    if not (is_positional_embedding(label, shape) and is_positional_embedding(label, src_shape)):
+    kind = pair.dst.kind
+    if not (is_positional_embedding(label, dst, kind) and is_positional_embedding(label, src)):
         return None
-    if source.ndim == 3 and source.shape[0] != 1:
+    if len(src) == 3 and src[0] != 1:
         return None
-    return resize_positional(source, shape)
+    axis = len(src) - 2
+    if src[axis] == dst[axis]:
+        return None
+    grid_src, grid_dst = positional_grid(src[axis]), positional_grid(dst[axis])
+    if grid_src is None or grid_dst is None:
+        return None
+    moved = tuple(dst[axis] if i == axis else d for i, d in enumerate(src))
+    return moved, grid_dst[1] and not grid_src[1]
+
+
+def _move(pair: LayerPair, collection: str, name: str, source: Any, target: Any):
+    """A :class:`TensorMove`, or ``(target name, source name, reason)`` when none."""
+    dst_key = tensor_key(collection, pair.dst.path, name)
+    src_key = tensor_key(collection, pair.src.path, name)
+    if source is None:
+        return "/".join(dst_key), "/".join(src_key), "the source layer has no such tensor"
+    src, dst = tuple(np.shape(source)), tuple(np.shape(target))
+    if len(src) != len(dst):
+        return "/".join(dst_key), "/".join(src_key), f"ranks differ ({src} vs {dst})"
+    resized = _positional(pair, collection, name, src, dst)
+    moved, keep_first_row = resized if resized is not None else (src, False)
+    return TensorMove(
+        dst_key,
+        src_key,
+        pair.dst.name,
+        pair.src.name,
+        src,
+        dst,
+        moved,
+        positional=resized is not None,
+        keep_first_row=bool(keep_first_row),
+    )
+
+
+def plan_moves(
+    pairs: Sequence[LayerPair],
+) -> tuple[tuple[TensorMove, ...], tuple[tuple[str, str, str], ...]]:
+    """Lists what moves for every tensor of every matched pair (shapes only).
+
+    Args:
+      pairs: the matched layer pairs (their layers may hold arrays or
+        ``jax.ShapeDtypeStruct`` leaves).
+
+    Returns:
+      ``(moves, skipped)``: one :class:`TensorMove` per target tensor that takes source
+      values, in target order, and ``(target tensor, source tensor, reason)`` for the
+      matched tensors that cannot move (the source lacks it, or the ranks differ).
+
+    >>> import jax
+    >>> from dpiat_jax.layers import Layer
+    >>> from dpiat_jax.matching import LayerPair
+    >>> src = Layer(("a",), "dense", "Dense", {"params": {"kernel": jax.ShapeDtypeStruct(
+    ...     (4, 8), "float32")}}, "kernel")
+    >>> dst = Layer(("b",), "dense", "Dense", {"params": {"kernel": jax.ShapeDtypeStruct(
+    ...     (4, 6), "float32"), "bias": jax.ShapeDtypeStruct((6,), "float32")}}, "kernel")
+    >>> moves, skipped = plan_moves([LayerPair(src, dst, 0.75)])
+    >>> [(m.src, m.dst, m.overlap) for m in moves]
+    [(('params', 'a', 'kernel'), ('params', 'b', 'kernel'), 24)]
+    >>> skipped
+    (('params/b/bias', 'params/a/bias', 'the source layer has no such tensor'),)
+    """
+    moves: list[TensorMove] = []
+    skipped: list[tuple[str, str, str]] = []
+    for pair in pairs:
+        for collection, group in pair.dst.tensors.items():
+            for name, target in group.items():
+                source = pair.src.tensors.get(collection, {}).get(name)
+                move = _move(pair, collection, name, source, target)
+                (moves if isinstance(move, TensorMove) else skipped).append(move)
+    return tuple(moves), tuple(skipped)
+
+
+def plan_channels(
+    moves: Sequence[TensorMove], graph: ChannelGraph
+) -> tuple[tuple[TensorMove, ...], tuple[ChannelGroup, ...]]:
+    """Gives every move its channel dimensions and lists the channel selections.
+
+    One selection per (space, source size, target size) of every shrinking channel
+    dimension: members of a space whose source dimension has the same size share it.
+
+    Args:
+      moves: from :func:`plan_moves`.
+      graph: the target's channel spaces (:func:`dpiat_jax.channels.target_channels`,
+        or :func:`dpiat_jax.channels.call_order_channels` over the matched layers).
+
+    Returns:
+      ``(moves, groups)``: the moves with ``channel_axes`` and ``selections`` set (moves
+      of tensors the graph does not know keep None: the rule applies per tensor), and
+      the :class:`ChannelGroup` records the selections index.
+
+    >>> from dpiat_jax.channels import ChannelGraph
+    >>> move = TensorMove(("params", "d", "kernel"), ("params", "s", "kernel"), "d", "s",
+    ...                   (3, 8), (3, 4), (3, 8))
+    >>> graph = ChannelGraph({("params", "d", "kernel"): (None, 0)},
+    ...                      {("params", "d", "kernel"): (False, True)})
+    >>> moves, groups = plan_channels([move], graph)
+    >>> moves[0].channel_axes, moves[0].selections, groups[0].members
+    ((1,), ((1, 0),), ((0, 1),))
+    """
+    members: dict[tuple[int, int, int], list[tuple[int, int, bool]]] = {}
+    for i, move in enumerate(moves):
+        spaces = graph.spaces.get(move.dst)
+        if spaces is None:
+            continue
+        producers = graph.producers.get(move.dst, (False,) * len(spaces))
+        for axis, space in enumerate(spaces):
+            a, b = move.moved_shape[axis], move.dst_shape[axis]
+            if space is not None and a > b:
+                members.setdefault((space, a, b), []).append((i, axis, producers[axis]))
+    index = {group: n for n, group in enumerate(members)}
+    groups = tuple(
+        ChannelGroup(space, a, b, _rankers(moves, members[(space, a, b)]))
+        for space, a, b in members
+    )
+    out = []
+    for move in moves:
+        axes = channel_axes(graph, move.dst)
+        spaces = graph.spaces.get(move.dst, ())
+        chosen = tuple(
+            (axis, index[(spaces[axis], move.moved_shape[axis], move.dst_shape[axis])])
+            for axis in axes or ()
+            if move.moved_shape[axis] > move.dst_shape[axis]
+        )
+        out.append(dataclasses.replace(move, channel_axes=axes, selections=chosen))
+    return tuple(out), groups
+
+
+def _rankers(moves: Sequence[TensorMove], members: list) -> tuple[tuple[int, int], ...]:
+    """The members that rank a space: its producers, else all; one per source tensor
+    and dimension."""
+    chosen = [(i, axis) for i, axis, producer in members if producer]
+    chosen = chosen or [(i, axis) for i, axis, _ in members]
+    seen, out = set(), []
+    for i, axis in chosen:
+        source = (moves[i].src, moves[i].positional, axis)
+        if source not in seen:
+            seen.add(source)
+            out.append((i, axis))
+    return tuple(out)
+
+
+def _moved_source(move: TensorMove, source: jax.Array) -> jax.Array:
+    """The source as the rule receives it (resized over the grid when positional)."""
+    if not move.positional:
+        return source
+    return resize_positional(source, move.dst_shape)[0]
+
+
+def _apply_one(
+    move: TensorMove, rule: TensorRule, source: jax.Array, dst: jax.Array, rng: PRNGKey, chosen
+) -> jax.Array:
+    """One move: the rule's result, checked, with a class-token row kept."""
+    if move.channel_axes is None:
+        new = rule.apply(source, dst, rng)
+    else:
+        new = rule.apply_channels(source, dst, rng, move.channel_axes, chosen)
+    if tuple(new.shape) != tuple(dst.shape) or new.dtype != dst.dtype:
+        raise ValueError(
+            f"tensor_rule returned shape {tuple(new.shape)} dtype {new.dtype} for "
+            f"{'/'.join(move.dst)}; it must return the target's shape "
+            f"{tuple(dst.shape)} and dtype {dst.dtype}."
+        )
+    if move.keep_first_row:  # a class-token row the source does not have
+        first = (slice(None),) * (dst.ndim - 2) + (slice(0, 1),)
+        new = jnp.asarray(new).at[first].set(jnp.asarray(dst)[first])
+    return new
+
+
+def apply_moves(
+    moves: Sequence[TensorMove],
+    groups: Sequence[ChannelGroup],
+    rule: TensorRule,
+    sources: Mapping[TensorKey, jax.Array],
+    targets: Mapping[TensorKey, jax.Array],
+    rng: PRNGKey,
+) -> dict[TensorKey, jax.Array]:
+    """Moves the source tensors into the target's (pure, jittable).
+
+    Args:
+      moves: the planned moves (with channel dimensions for a channel-selecting rule).
+      groups: the channel selections the moves index.
+      rule: the tensor rule.
+      sources: source key -> array (every ``move.src``).
+      targets: target key -> fresh array (every ``move.dst``, and any other tensor).
+      rng: the rules' randomness; move ``i`` gets ``fold_in(rng, i + 1)``.
+
+    Returns:
+      ``targets`` with every moved tensor replaced (a new dict; nothing is mutated).
+
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.tensors import get_tensor_rule
+    >>> move = TensorMove(("params", "k"), ("params", "k"), "k", "k", (4,), (2,), (4,))
+    >>> out = apply_moves([move], [], get_tensor_rule("clip"),
+    ...                   {("params", "k"): jnp.arange(4.0)}, {("params", "k"): jnp.zeros(2)},
+    ...                   jax.random.key(0))
+    >>> out[("params", "k")]
+    Array([1., 2.], dtype=float32)
+    """
+    moved = [_moved_source(m, sources[m.src]) for m in moves]
+    selections = [
+        rule.select_channels([(moved[i], axis) for i, axis in g.members], g.size) for g in groups
+    ]
+    out = dict(targets)
+    for counter, (move, source) in enumerate(zip(moves, moved), start=1):
+        chosen = {axis: selections[g] for axis, g in move.selections}
+        key = jax.random.fold_in(rng, counter)
+        out[move.dst] = _apply_one(move, rule, source, targets[move.dst], key, chosen)
+    return out
+
+
+def written_scalars(moves: Sequence[TensorMove]) -> dict[str, int]:
+    """Returns the target scalars written per target layer name.
+
+    Args:
+      moves: the planned moves.
+
+    Returns:
+      target layer name -> scalars written from the source (layers without moves are
+      absent).
+
+    >>> written_scalars([TensorMove(("params", "d", "k"), ("params", "s", "k"), "d", "s",
+    ...                             (4, 8), (4, 6), (4, 8))])
+    {'d': 24}
+    """
+    out: dict[str, int] = {}
+    for move in moves:
+        out[move.dst_layer] = out.get(move.dst_layer, 0) + move.overlap
+    return out
+
+
+def checked_tensors(pairs: Sequence[LayerPair]) -> tuple[TensorKey, ...]:
+    """Returns the keys of the matched source tensors a non-finite check looks at.
+
+    Args:
+      pairs: the matched layer pairs.
+
+    Returns:
+      The floating-point tensors of every matched source layer, each once, in order.
+
+    >>> import jax
+    >>> from dpiat_jax.layers import Layer
+    >>> from dpiat_jax.matching import LayerPair
+    >>> layer = Layer(("a",), "dense", "Dense", {"params": {"kernel": jax.ShapeDtypeStruct(
+    ...     (2, 2), "float32")}}, "kernel")
+    >>> checked_tensors([LayerPair(layer, layer, 1.0)])
+    (('params', 'a', 'kernel'),)
+    """
+    keys: dict[TensorKey, None] = {}
+    for pair in pairs:
+        for collection, group in pair.src.tensors.items():
+            for name, array in group.items():
+                if jnp.issubdtype(array.dtype, jnp.inexact):
+                    keys.setdefault(tensor_key(collection, pair.src.path, name))
+    return tuple(keys)
 
 
 def write_tensors(
     pairs: list[LayerPair],
-    dst_variables: Mapping[str, Any],
+    dst_variables: Variables,
     rule: TensorRule,
-    rng: jax.Array,
+    rng: PRNGKey,
     *,
     channels: ChannelGraph | None = None,
-) -> tuple[dict, dict[int, int], list[tuple[str, str, str]]]:
-    """Applies ``rule`` to every tensor of every matched pair.
+) -> tuple[dict, dict[str, int], list[tuple[str, str, str]]]:
+    """Applies ``rule`` to every tensor of every matched pair, on the layers' arrays.
 
-    ``channels`` is the target's :class:`~dpiat_jax.channels.ChannelGraph` (from
-    :func:`dpiat_jax.channels.target_channels`); it is used only by rules that keep
-    channel subsets, and when it is None those rules follow the target's call order
-    (:func:`dpiat_jax.channels.call_order_channels` over the matched layers). Rules
-    without channel selection (``clip``, ``full``, user functions) get each tensor on
-    its own, exactly as before.
+    The one-call form of :func:`plan_moves`, :func:`plan_channels` and
+    :func:`apply_moves` for pairs whose source layers hold arrays (as
+    :func:`dpiat_jax.api.module_blocks` with variables gives them).
 
-    Returns ``(variables, written, skipped)``: the new target variables (a plain nested
-    dict), scalars written per target layer (keyed by ``id`` of the layer), and the
-    tensors that could not be moved with the reason.
+    Args:
+      pairs: the matched layer pairs; the source layers hold the arrays to move.
+      dst_variables: the target's fresh variables.
+      rule: the tensor rule.
+      rng: the rules' randomness.
+      channels: the target's :class:`~dpiat_jax.channels.ChannelGraph` (from
+        :func:`dpiat_jax.channels.target_channels`), used only by rules that keep
+        channel subsets; when None those rules follow the target's call order
+        (:func:`dpiat_jax.channels.call_order_channels` over the matched layers).
+
+    Returns:
+      ``(variables, written, skipped)``: the new target variables (a plain nested
+      dict), scalars written per target layer name, and the tensors that could not be
+      moved with the reason.
+
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.layers import Layer
+    >>> from dpiat_jax.matching import LayerPair
+    >>> from dpiat_jax.tensors import get_tensor_rule
+    >>> layer = Layer(("a",), "dense", "Dense", {"params": {"bias": jnp.ones(2)}}, "bias")
+    >>> out, written, _ = write_tensors([LayerPair(layer, layer, 1.0)],
+    ...                                 {"params": {"a": {"bias": jnp.zeros(2)}}},
+    ...                                 get_tensor_rule("clip"), jax.random.key(0))
+    >>> out["params"]["a"]["bias"], written
+    (Array([1., 1.], dtype=float32), {'a': 2})
     """
-    flat = traverse_util.flatten_dict(dst_variables)
-    flat = {tuple(str(k) for k in key): v for key, v in flat.items()}
-    written: dict[int, int] = {}
-    skipped: list[tuple[str, str, str]] = []
-    jobs: list[_Job] = []
-    for pair in pairs:
-        for collection, group in pair.dst.tensors.items():
-            for name, target in group.items():
-                key = tensor_key(collection, pair.dst.path, name)
-                dst_name = "/".join(key)
-                source = pair.src.tensors.get(collection, {}).get(name)
-                src_name = "/".join(tensor_key(collection, pair.src.path, name))
-                if source is None:
-                    skipped.append((dst_name, src_name, "the source layer has no such tensor"))
-                    continue
-                if source.ndim != target.ndim:
-                    why = f"ranks differ ({tuple(source.shape)} vs {tuple(target.shape)})"
-                    skipped.append((dst_name, src_name, why))
-                    continue
-                job = _Job(key, dst_name, source, target, pair)
-                resized = _positional_source(pair, collection, name, source, target)
-                if resized is not None:
-                    job.source, job.keep_first_row = resized
-                jobs.append(job)
-
-    graph = None
-    selections: dict = {}
-    if needs_channels(rule):
+    moves, skipped = plan_moves(pairs)
+    groups: tuple[ChannelGroup, ...] = ()
+    if rule.selects_channels:
         graph = channels if channels is not None else call_order_channels([p.dst for p in pairs])
-        items = [(j.key, j.source, tuple(j.target.shape)) for j in jobs]
-        selections = channel_selections(graph, items, rule.select_channels)
-
-    for counter, job in enumerate(jobs, start=1):
-        source, key = job.source, job.key
-        dst = flat[key]
-        axes = channel_axes(graph, key) if graph is not None else None
-        if axes is None:
-            new = rule.apply(source, dst, jax.random.fold_in(rng, counter))
-        else:
-            chosen = {}
-            for axis in axes:
-                a, b = source.shape[axis], dst.shape[axis]
-                if a > b:
-                    chosen[axis] = selections[(graph.spaces[key][axis], a, b)]
-            new = rule.apply_channels(source, dst, jax.random.fold_in(rng, counter), axes, chosen)
-        if tuple(new.shape) != tuple(job.target.shape) or new.dtype != job.target.dtype:
-            raise ValueError(
-                f"tensor_rule returned shape {tuple(new.shape)} dtype {new.dtype} for "
-                f"{job.dst_name}; it must return the target's shape "
-                f"{tuple(job.target.shape)} and dtype {job.target.dtype}."
-            )
-        if job.keep_first_row:  # a class-token row the source does not have
-            first = (slice(None),) * (dst.ndim - 2) + (slice(0, 1),)
-            new = jnp.asarray(new).at[first].set(jnp.asarray(dst)[first])
-        flat[key] = new
-        overlap = math.prod(min(a, b) for a, b in zip(source.shape, job.target.shape))
-        written[id(job.pair.dst)] = written.get(id(job.pair.dst), 0) + overlap
-    return traverse_util.unflatten_dict(flat), written, skipped
+        moves, groups = plan_channels(moves, graph)
+    sources = {}
+    for pair in pairs:
+        for collection, group in pair.src.tensors.items():
+            for name, array in group.items():
+                sources[tensor_key(collection, pair.src.path, name)] = array
+    flat = apply_moves(moves, groups, rule, sources, flat_variables(dst_variables), rng)
+    return traverse_util.unflatten_dict(flat), written_scalars(moves), list(skipped)
 
 
 def nonfinite_tensors(pairs: list[LayerPair]) -> list[str]:
@@ -167,19 +501,28 @@ def nonfinite_tensors(pairs: list[LayerPair]) -> list[str]:
 
     The check runs where the arrays live (sharded arrays are reduced shard-wise) and
     fetches one boolean per tensor.
+
+    Args:
+      pairs: the matched layer pairs; the source layers hold arrays.
+
+    Returns:
+      The ``"/"``-joined keys of the non-finite tensors.
+
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.layers import Layer
+    >>> from dpiat_jax.matching import LayerPair
+    >>> layer = Layer(("a",), "dense", "Dense", {"params": {"bias": jnp.array([1.0, jnp.inf])}},
+    ...               "bias")
+    >>> nonfinite_tensors([LayerPair(layer, layer, 1.0)])
+    ['params/a/bias']
     """
-    names, flags = [], []
-    seen: set[int] = set()
+    arrays = {}
     for pair in pairs:
-        if id(pair.src) in seen:
-            continue
-        seen.add(id(pair.src))
         for collection, group in pair.src.tensors.items():
             for name, array in group.items():
-                if jnp.issubdtype(array.dtype, jnp.inexact):
-                    names.append("/".join(tensor_key(collection, pair.src.path, name)))
-                    flags.append(jnp.all(jnp.isfinite(array)))
-    if not flags:
+                arrays[tensor_key(collection, pair.src.path, name)] = array
+    keys = checked_tensors(pairs)
+    if not keys:
         return []
-    finite = jax.device_get(flags)
-    return [n for n, ok in zip(names, finite) if not ok]
+    finite = jax.device_get([jnp.all(jnp.isfinite(arrays[k])) for k in keys])
+    return ["/".join(k) for k, ok in zip(keys, finite) if not ok]

@@ -30,6 +30,10 @@ __all__ = [
     "fits",
     "check_variables_fit",
     "check_module",
+    "abstract_tree",
+    "call_kwargs_for",
+    "describe",
+    "init_error",
 ]
 
 _BOOLEAN_FLAGS = ("train", "training", "is_training", "deterministic", "use_running_average")
@@ -43,6 +47,28 @@ class CallSpec:
 
     sample_input: Any
     kwargs: Mapping[str, Any]
+
+
+def abstract_tree(tree: Any) -> Any:
+    """Returns ``tree`` with every array leaf (anything with a shape and a dtype: jax and
+    numpy arrays, tracers) replaced by its ``jax.ShapeDtypeStruct``.
+
+    Args:
+      tree: a pytree (variables, an input batch).
+
+    Returns:
+      The same structure with abstract leaves; other leaves are kept.
+
+    >>> abstract_tree({"x": np.zeros((2, 3), np.float32)})
+    {'x': ShapeDtypeStruct(shape=(2, 3), dtype=float32)}
+    """
+
+    def leaf(x: Any) -> Any:
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            return jax.ShapeDtypeStruct(tuple(np.shape(x)), x.dtype)
+        return x
+
+    return jax.tree.map(leaf, tree)
 
 
 def check_module(module: Any, argname: str) -> nn.Module:

@@ -15,7 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from dpiat_jax.layers import ModuleCall, ModuleNode, ModulePath, build_hierarchy
+from dpiat_jax.layers import ModuleCall, ModuleNode, build_hierarchy
+from dpiat_jax.types import ModulePath
 
 __all__ = ["record_calls", "trace"]
 

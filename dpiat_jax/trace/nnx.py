@@ -12,23 +12,52 @@ whose variables are replaced.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-from flax import nnx, traverse_util
+from flax import traverse_util
 
 from dpiat_jax.layers import ModuleCall, ModuleNode, build_hierarchy
+from dpiat_jax.types import Variables
+
+#: An ``nnx.Module`` instance (``flax.nnx`` is imported only when one is handled).
+NnxModule = Any
 
 __all__ = ["is_nnx", "nnx_variables", "trace_nnx", "with_variables"]
 
 
 def is_nnx(obj: Any) -> bool:
-    """Whether ``obj`` is a Flax NNX model (an ``nnx.Module`` instance)."""
-    return isinstance(obj, nnx.Module)
+    """Whether ``obj`` is a Flax NNX model (an ``nnx.Module`` instance).
+
+    ``flax.nnx`` is not imported here: an object can only be an NNX module once the
+    user has imported ``flax.nnx`` (which imports optax), so ``import dpiat_jax`` stays
+    free of both.
+
+    Args:
+      obj: anything.
+
+    Returns:
+      True for an ``nnx.Module`` instance.
+
+    >>> import flax.linen as nn
+    >>> is_nnx(nn.Dense(3))
+    False
+    """
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(obj, nnx.Module)
+
+
+def _nnx() -> Any:
+    """The ``flax.nnx`` module, imported on first use (by a caller that holds a model)."""
+    from flax import nnx
+
+    return nnx
 
 
 def _collection(variable: Any) -> str | None:
+    nnx = _nnx()
     kind = getattr(variable, "type", type(variable))
     if not isinstance(kind, type):
         kind = type(variable)
@@ -45,8 +74,9 @@ def _value(variable: Any) -> Any:
     return variable.get_value() if hasattr(variable, "get_value") else variable.value
 
 
-def _variables(model: nnx.Module) -> list[tuple[tuple[str, ...], str, Any]]:
+def _variables(model: NnxModule) -> list[tuple[tuple[str, ...], str, Any]]:
     """``(path, collection, Variable)`` of every transferable variable of a model."""
+    nnx = _nnx()
     out = []
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Variable):
@@ -56,14 +86,28 @@ def _variables(model: nnx.Module) -> list[tuple[tuple[str, ...], str, Any]]:
     return out
 
 
-def nnx_variables(model: nnx.Module) -> dict[str, Any]:
-    """A linen-style variables dict (collection -> nested dict) of a model's state."""
+def nnx_variables(model: NnxModule) -> dict[str, Any]:
+    """A linen-style variables dict of an NNX model's state.
+
+    Args:
+      model: an ``nnx.Module``.
+
+    Returns:
+      collection (``"params"``, ``"batch_stats"``, other variable types by their
+      lower-cased class name) -> nested dict of the model's arrays (RNG state left out).
+
+    >>> from flax import nnx
+    >>> variables = nnx_variables(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
+    >>> {k: v.shape for k, v in variables["params"].items()}
+    {'bias': (3,), 'kernel': (2, 3)}
+    """
     flat = {(c, *path): _value(v) for path, c, v in _variables(model)}
     return traverse_util.unflatten_dict(flat) if flat else {}
 
 
-def _record_order(model: nnx.Module, sample_input: Any, kwargs: Mapping[str, Any]):
+def _record_order(model: NnxModule, sample_input: Any, kwargs: Mapping[str, Any]):
     """Runs the model abstractly; returns its modules' paths in first-call order."""
+    nnx = _nnx()
     classes = {type(m) for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)}
     owners = {
         k for cls in classes for k in cls.__mro__ if "__call__" in vars(k) and k is not object
@@ -73,6 +117,7 @@ def _record_order(model: nnx.Module, sample_input: Any, kwargs: Mapping[str, Any
 
     def run(state, x):
         m = nnx.merge(graphdef, state)
+        # Identities are only compared within this one run of the merged model.
         paths = {id(mod): p for p, mod in nnx.iter_graph(m) if isinstance(mod, nnx.Module)}
         calls: list[int] = []
         originals = {k: vars(k)["__call__"] for k in owners}
@@ -103,13 +148,34 @@ def _record_order(model: nnx.Module, sample_input: Any, kwargs: Mapping[str, Any
 
 
 def trace_nnx(
-    model: nnx.Module, sample_input: Any, kwargs: Mapping[str, Any] | None = None
+    model: NnxModule,
+    sample_input: Any,
+    kwargs: Mapping[str, Any] | None = None,
+    variables: Variables | None = None,
 ) -> tuple[ModuleNode, dict[str, Any]]:
     """Returns ``(hierarchy, variables)`` of an NNX model, its modules in call order.
 
     Modules that own variables but are never called keep a place after the called
     ones, in definition order, so nothing the model owns is left behind.
+
+    Args:
+      model: an ``nnx.Module``.
+      sample_input: one example batch (an array or a ``jax.ShapeDtypeStruct``); the
+        model runs abstractly (``jax.eval_shape``), nothing is computed.
+      kwargs: keyword arguments of the model's ``__call__``.
+      variables: the arrays (or ``jax.ShapeDtypeStruct`` leaves) the hierarchy's layers
+        hold, with the structure of :func:`nnx_variables`; the model's own by default.
+
+    Returns:
+      The :class:`~dpiat_jax.layers.ModuleNode` hierarchy and the variables it holds.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> root, _ = trace_nnx(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), jnp.zeros((1, 2)))
+    >>> [layer.kind for layer in root.children]
+    ['dense']
     """
+    nnx = _nnx()
     kwargs = dict(kwargs or {})
     order = _record_order(model, sample_input, kwargs)
     by_path = {
@@ -128,15 +194,30 @@ def trace_nnx(
         )
         for p in paths
     ]
-    variables = nnx_variables(model)
+    variables = nnx_variables(model) if variables is None else dict(variables)
     return build_hierarchy(calls, variables), variables
 
 
-def with_variables(model: nnx.Module, variables: Mapping[str, Any]) -> nnx.Module:
-    """Returns a copy of ``model`` whose variables take the values in ``variables``
-    (a linen-style dict as from :func:`nnx_variables`); ``model`` is not changed."""
-    copy = nnx.clone(model)
-    flat = traverse_util.flatten_dict(variables)
+def with_variables(model: NnxModule, variables: Variables) -> NnxModule:
+    """A copy of an NNX model whose variables take new values.
+
+    Args:
+      model: an ``nnx.Module``; it is not changed.
+      variables: a linen-style dict as from :func:`nnx_variables` (missing entries keep
+        the model's values).
+
+    Returns:
+      A new model (``nnx.clone``) holding ``variables``.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> new = with_variables(model, {"params": {"bias": jnp.ones(3)}})
+    >>> new.bias[...].tolist(), model.bias[...].tolist()
+    ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    """
+    copy = _nnx().clone(model)
+    flat = traverse_util.flatten_dict(dict(variables))
     flat = {tuple(str(k) for k in key): v for key, v in flat.items()}
     for path, collection, variable in _variables(copy):
         key = (collection, *path)

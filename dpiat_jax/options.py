@@ -1,0 +1,58 @@
+"""Options: the keyword options of a transfer, validated before any tracing.
+
+Unknown names fail at once, with the valid choices named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dpiat_jax.matchers import Matcher, matcher_name
+from dpiat_jax.tensors import TensorFn, TensorRule, get_tensor_rule
+
+__all__ = ["NONFINITE_POLICIES", "Options"]
+
+#: What to do with a non-finite source tensor that is copied.
+NONFINITE_POLICIES = ("warn", "raise", "ignore")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The matcher, the tensor rule and the non-finite policy, validated.
+
+    Attributes:
+      matcher: a name in ``dpiat_jax.matchers.MATCHERS`` or a matcher function.
+      tensor_rule: a name in ``dpiat_jax.tensors.TENSOR_RULES``, a
+        :class:`~dpiat_jax.tensors.TensorRule` or a function ``(src, dst, rng) -> array``.
+      on_nonfinite: one of :data:`NONFINITE_POLICIES`.
+
+    Raises:
+      ValueError: an unknown matcher, tensor rule or policy, naming the choices.
+
+    >>> options = Options(tensor_rule="magnitude")
+    >>> options.matcher_name, options.rule.name, options.on_nonfinite
+    ('dp', 'magnitude', 'warn')
+    """
+
+    matcher: str | Matcher = "dp"
+    tensor_rule: str | TensorRule | TensorFn = "clip"
+    on_nonfinite: str = "warn"
+
+    def __post_init__(self) -> None:
+        get_tensor_rule(self.tensor_rule)
+        matcher_name(self.matcher)
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"Unknown on_nonfinite {self.on_nonfinite!r}; use one of "
+                f"{list(NONFINITE_POLICIES)}."
+            )
+
+    @property
+    def matcher_name(self) -> str:
+        """The matcher's name (a function's ``__name__``)."""
+        return matcher_name(self.matcher)
+
+    @property
+    def rule(self) -> TensorRule:
+        """The tensor rule record."""
+        return get_tensor_rule(self.tensor_rule)

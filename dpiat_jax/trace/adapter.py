@@ -1,0 +1,263 @@
+"""Model adapters: the one place where a linen module and an NNX model part ways.
+
+A model enters the pipeline as a linen module (a definition whose variables live
+apart) or as an NNX model (which holds its own variables). :func:`adapt` makes the choice
+once and returns an adapter with the same four operations for both:
+
+* ``trace(variables, sample_input, kwargs, argname)``: the module hierarchy in call
+  order (abstractly, ``jax.eval_shape``), as a :class:`Traced` record;
+* ``own_variables()``: the variables the model carries (an NNX model's state; None for
+  a linen module);
+* ``init(rng, sample_input, kwargs)``: the target's fresh variables, a pure function
+  that runs inside a jitted program (a linen ``init``; an NNX model's own state);
+* ``result(variables, form)``: what a transfer returns for these variables (the dict
+  in the source's form for linen, a new model for NNX).
+
+Every error names the user's argument (``argname``) and says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dpiat_jax.layers import ModuleNode
+from dpiat_jax.trace import inputs
+from dpiat_jax.trace import nnx as nnx_trace
+from dpiat_jax.trace.inputs import CallSpec
+from dpiat_jax.trace.linen import trace
+from dpiat_jax.types import ArrayTree, PRNGKey, Variables
+
+if TYPE_CHECKING:
+    from dpiat_jax.arguments import VariablesForm
+
+__all__ = ["Traced", "LinenModel", "NnxModel", "Model", "adapt", "model_variables"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Traced:
+    """A traced model: its hierarchy and how it was called.
+
+    Attributes:
+      root: the :class:`~dpiat_jax.layers.ModuleNode` hierarchy; its layers hold the
+        traced variables (arrays, or ``jax.ShapeDtypeStruct`` leaves).
+      variables: the variables the layers hold.
+      sample_input: the input used, abstract (``jax.ShapeDtypeStruct`` leaves).
+      kwargs: the call keyword arguments used (with any inference-mode flag added).
+
+    >>> traced = adapt(nn.Dense(3), "module").trace(None, jnp.zeros((1, 2)), {}, "module")
+    >>> traced.sample_input
+    ShapeDtypeStruct(shape=(1, 2), dtype=float32)
+    """
+
+    root: ModuleNode
+    variables: Variables
+    sample_input: ArrayTree
+    kwargs: Mapping[str, Any]
+
+
+def _zeros(sample_input: ArrayTree) -> ArrayTree:
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sample_input)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinenModel:
+    """A ``flax.linen`` module: a definition whose variables are passed apart.
+
+    >>> model = adapt(nn.Dense(3), "dst_def")
+    >>> traced = model.trace(None, jnp.zeros((1, 2)), {}, "dst_def")
+    >>> traced.variables["params"]["kernel"].shape
+    (2, 3)
+    """
+
+    module: nn.Module
+
+    def own_variables(self) -> Variables | None:
+        """Returns None: a linen module carries no variables."""
+        return None
+
+    def trace(
+        self,
+        variables: Variables | None,
+        sample_input: ArrayTree | None,
+        kwargs: Mapping[str, Any] | None,
+        argname: str,
+    ) -> Traced:
+        """Traces the module (abstractly); see :class:`Traced`.
+
+        Args:
+          variables: the variables the layers should hold; they are checked against
+            the module's shapes. None for an abstract init (``sample_input`` needed).
+          sample_input: one example batch (array or ``jax.ShapeDtypeStruct``); None to
+            infer one from ``variables``' shapes.
+          kwargs: ``__call__`` keyword arguments; a required mode flag left out is set
+            to inference mode.
+          argname: the user's argument, for error messages.
+
+        Returns:
+          The :class:`Traced` record.
+
+        Raises:
+          ValueError: the input does not run, cannot be inferred, or the variables do
+            not fit the module.
+        """
+        module = self.module
+        kwargs = inputs.call_kwargs_for(module, kwargs)
+        if variables is None and sample_input is None:
+            raise ValueError(
+                f"`{argname}` is a bare module: pass sample_input= so its layers can be "
+                "discovered (or pass its variables)."
+            )
+
+        def probe(x: ArrayTree) -> tuple[Variables, ModuleNode]:
+            root, abstract = trace(module, variables, (x,), kwargs)
+            return abstract, root
+
+        if sample_input is None:
+            x, root = inputs.find_fitting_input(probe, variables, argname, type(module).__name__)
+            return Traced(root, variables, x, kwargs)
+        x = inputs.abstract_tree(sample_input)
+        try:
+            abstract, root = probe(x)
+        except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+            raise inputs.init_error(module, CallSpec(x, kwargs), argname, err) from err
+        if variables is None:
+            return Traced(root, abstract, x, kwargs)
+        inputs.check_variables_fit(module, variables, abstract, argname)
+        return Traced(root, variables, x, kwargs)
+
+    def init(self, rng: PRNGKey, sample_input: ArrayTree, kwargs: Mapping[str, Any]) -> dict:
+        """Returns ``module.init`` for zeros of the input's shape (a plain dict).
+
+        The ``params`` stream takes ``rng``, ``dropout`` ``fold_in(rng, 1)``.
+        """
+        rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
+        fresh = self.module.init(rngs, _zeros(sample_input), **kwargs)
+        return flax.core.unfreeze(fresh)
+
+    def result(self, variables: Variables, form: VariablesForm | None = None) -> ArrayTree:
+        """Returns the target's variables in the form the source was given in.
+
+        Args:
+          variables: the target's variables dict.
+          form: the source's form (:class:`~dpiat_jax.arguments.VariablesForm`); None
+            for the whole dict.
+
+        Returns:
+          The whole dict or its ``"params"``, frozen when the source was.
+        """
+        if form is None:
+            return variables
+        out = variables if form.whole else variables["params"]
+        return flax.core.freeze(out) if form.frozen else out
+
+    @property
+    def linen_module(self) -> nn.Module | None:
+        """The module (its jaxpr gives the channel graph)."""
+        return self.module
+
+
+@dataclasses.dataclass(frozen=True)
+class NnxModel:
+    """A Flax NNX model: a definition and its variables in one object.
+
+    >>> from flax import nnx
+    >>> model = adapt(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), "dst_def")
+    >>> model.trace(None, jnp.zeros((1, 2)), {}, "dst_def").root.children[0].kind
+    'dense'
+    """
+
+    model: Any
+
+    def own_variables(self) -> Variables:
+        """Returns the model's variables as a linen-style dict."""
+        return nnx_trace.nnx_variables(self.model)
+
+    def trace(
+        self,
+        variables: Variables | None,
+        sample_input: ArrayTree | None,
+        kwargs: Mapping[str, Any] | None,
+        argname: str,
+    ) -> Traced:
+        """Traces the model (abstractly); arguments as for :meth:`LinenModel.trace`,
+        ``variables`` defaulting to the model's own. Without an input, candidates from
+        the variables' shapes are tried until one runs."""
+        model, kwargs = self.model, dict(kwargs or {})
+        variables = self.own_variables() if variables is None else variables
+
+        def probe(x: ArrayTree) -> tuple[Variables, ModuleNode]:
+            # An NNX model's variables do not depend on the input: any input that runs.
+            return variables, nnx_trace.trace_nnx(model, x, kwargs, variables)[0]
+
+        if sample_input is None:
+            x, root = inputs.find_fitting_input(probe, variables, argname, type(model).__name__)
+            return Traced(root, variables, x, kwargs)
+        x = inputs.abstract_tree(sample_input)
+        try:
+            _, root = probe(x)
+        except Exception as err:  # noqa: BLE001 - re-raised with the arguments named
+            raise inputs.init_error(model, CallSpec(x, kwargs), argname, err) from err
+        return Traced(root, variables, x, kwargs)
+
+    def init(self, rng: PRNGKey, sample_input: ArrayTree, kwargs: Mapping[str, Any]) -> dict:
+        """Returns the model's own variables: an NNX target holds its fresh init."""
+        del rng, sample_input, kwargs
+        return self.own_variables()
+
+    def result(self, variables: Variables, form: VariablesForm | None = None) -> Any:
+        """Returns a new model holding ``variables`` (the given model is not changed;
+        an NNX target is returned as a model whatever the source's ``form``)."""
+        del form
+        return nnx_trace.with_variables(self.model, variables)
+
+    @property
+    def linen_module(self) -> nn.Module | None:
+        """None: the channel graph of an NNX model follows the call order."""
+        return None
+
+
+#: A model adapter.
+Model = LinenModel | NnxModel
+
+
+def adapt(obj: Any, argname: str) -> Model:
+    """Returns the adapter for a linen module or an NNX model.
+
+    Args:
+      obj: a ``flax.linen.Module`` instance or an ``nnx.Module`` instance.
+      argname: the user's argument, for the error message.
+
+    Returns:
+      A :class:`LinenModel` or an :class:`NnxModel`.
+
+    Raises:
+      TypeError: for anything else (a module class instead of an instance says so).
+
+    >>> type(adapt(nn.Dense(3), "dst_def")).__name__
+    'LinenModel'
+    """
+    if nnx_trace.is_nnx(obj):
+        return NnxModel(obj)
+    return LinenModel(inputs.check_module(obj, argname))
+
+
+def model_variables(obj: Any) -> Variables | None:
+    """Returns the variables an object carries itself (an NNX model's), else None.
+
+    Args:
+      obj: anything a user passes as source variables.
+
+    Returns:
+      A linen-style variables dict for an NNX model; None otherwise.
+
+    >>> model_variables({"params": {}}) is None
+    True
+    """
+    return nnx_trace.nnx_variables(obj) if nnx_trace.is_nnx(obj) else None
