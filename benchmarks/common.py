@@ -69,6 +69,7 @@ def zoo_tree(name: str, size: int | None = None) -> list:
 
 
 def count_leaves(tree: list) -> int:
+    """Returns the number of leaves (layers and placeholders) of a spec tree."""
     return sum(count_leaves(x) if isinstance(x, list) else 1 for x in tree)
 
 
@@ -113,4 +114,5 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def ms(x: float) -> float:
+    """Returns seconds as milliseconds."""
     return 1000.0 * x

@@ -40,15 +40,16 @@ def code(text: str) -> Cell:
 
 INSTALL = code(
     """
-    # On Colab, install dpiat_jax (this cell does nothing anywhere else: install the
-    # package yourself there, e.g. `pip install -e .` in a checkout of the repository).
-    # To install the development version instead of the release, use the repository:
-    # DPIAT_JAX_PIP = "git+https://github.com/<owner>/dpiat_jax.git"
+    # On Colab, install dpiat_jax with its [experiments] extra (datasets, training, plots)
+    # from a copy of the repository: upload or clone it first, to DPIAT_JAX_SOURCE (the
+    # folder that holds pyproject.toml). This cell does nothing anywhere else: there,
+    # install it yourself from the checkout, `python -m pip install -e ".[experiments]"`
+    # (or `-e "..[experiments]"` from this colabs/ folder).
     import sys
 
-    DPIAT_JAX_PIP = "dpiat-jax"
+    DPIAT_JAX_SOURCE = "/content/dpiat_jax"
     if "google.colab" in sys.modules:
-        %pip install --quiet {DPIAT_JAX_PIP}
+        %pip install --quiet -e "{DPIAT_JAX_SOURCE}[experiments]"
     """
 )
 

@@ -24,7 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from dpiat_jax.alignment import TIE_TOLERANCE, align, alignment_scores
+from dpiat_jax.alignment import alignment_scores, larger
+from dpiat_jax.matchers import align
 from dpiat_jax.scores import layer_score
 from dpiat_jax.spec import LayerSpec
 
@@ -83,10 +84,6 @@ def element_score(s, t) -> float:
     if isinstance(s, list) and isinstance(t, list):
         return float(alignment_scores([s], t)[0])
     return 0.0
-
-
-def larger(a: float, b: float) -> bool:
-    return a - b > TIE_TOLERANCE * max(1.0, abs(b))
 
 
 def solve(scores: np.ndarray):

@@ -265,6 +265,153 @@ def _legend(
     ax.legend(handles=handles, loc="best", fontsize=7, frameon=True, framealpha=0.9)
 
 
+def _pair_positions(
+    report: MatchReport, src_index: dict[str, int], dst_index: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the pairs' source indices, target indices and scores (checked names)."""
+    missing = [
+        s if s not in src_index else d
+        for s, d, _ in report.pairs
+        if s not in src_index or d not in dst_index
+    ]
+    if missing:
+        raise ValueError(
+            f"report.pairs names layers that are not in its block trees: {missing[:5]}"
+        )
+    xs = np.array([src_index[s] for s, _, _ in report.pairs], dtype=int)
+    ys = np.array([dst_index[d] for _, d, _ in report.pairs], dtype=int)
+    scores = np.array([float(sc) for _, _, sc in report.pairs], dtype=float)
+    return xs, ys, scores
+
+
+def _grid_axes(
+    ax: Axes | None, figsize: tuple[float, float], dpi: int, n_src: int, n_dst: int
+) -> tuple[Figure, Axes]:
+    """Return ``ax`` (or the axes of a new constrained-layout figure) set up for the grid."""
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    ax.set_xlim(-0.5, n_src - 0.5)
+    ax.set_ylim(n_dst - 0.5, -0.5)  # target layer 0 at the top, like the DP table
+    ax.set_facecolor("white")
+    return fig, ax
+
+
+def _draw_blocks(
+    ax: Axes, src_tree: list, dst_tree: list, xs: np.ndarray, ys: np.ndarray
+) -> tuple[bool, int]:
+    """Shade the top-level blocks (unless too many) and outline the block pairs.
+
+    Returns:
+        ``(bands drawn, number of block pairs outlined)``.
+    """
+    n_src, n_dst = len(tree_leaves(src_tree)), len(tree_leaves(dst_tree))
+    src_ranges, dst_ranges = _block_ranges(src_tree), _block_ranges(dst_tree)
+    bands = len(src_ranges) <= _DENSE_LIMIT and len(dst_ranges) <= _DENSE_LIMIT
+    if bands:
+        _shade_bands(ax, src_ranges, vertical=True)
+        _shade_bands(ax, dst_ranges, vertical=False)
+    return bands, _outline_block_pairs(ax, xs, ys, src_ranges, dst_ranges, n_src, n_dst)
+
+
+def _draw_placeholders(ax: Axes, src_leaves: list, dst_leaves: list) -> bool:
+    """Draw faint lines at placeholder positions unless too many; return whether drawn."""
+    src_ph = [i for i, leaf in enumerate(src_leaves) if leaf.is_placeholder]
+    dst_ph = [i for i, leaf in enumerate(dst_leaves) if leaf.is_placeholder]
+    lines = dict(colors=_PLACEHOLDER_COLOR, linewidth=0.6, linestyles=":", zorder=0.5)
+    draw_src_ph = 0 < len(src_ph) <= _DENSE_LIMIT
+    draw_dst_ph = 0 < len(dst_ph) <= _DENSE_LIMIT
+    if draw_src_ph:
+        ax.vlines(src_ph, 0, 1, transform=ax.get_xaxis_transform(), **lines)
+    if draw_dst_ph:
+        ax.hlines(dst_ph, 0, 1, transform=ax.get_yaxis_transform(), **lines)
+    return draw_src_ph or draw_dst_ph
+
+
+def _label_axes(
+    ax: Axes, src_leaves: list, dst_leaves: list, names: tuple[bool, bool], unmatched: set
+) -> None:
+    """Label both axes (names or sparse indices); unmatched target names in red."""
+    n_src, n_dst = len(src_leaves), len(dst_leaves)
+    fontsize = 7.0 if max(n_src, n_dst) < 40 else 6.0
+    _label_axis(ax, src_leaves, "x", names[0], fontsize)
+    _label_axis(ax, dst_leaves, "y", names[1], fontsize)
+    if names[1]:
+        for leaf, text in zip(dst_leaves, ax.get_yticklabels()):
+            if leaf.name in unmatched:
+                text.set_color(_UNMATCHED_COLOR)
+    ax.tick_params(length=2, pad=2)
+    ax.set_xlabel(f"source layers in call order ({n_src})")
+    ax.set_ylabel(f"target layers in call order ({n_dst})")
+
+
+def _colorbar(fig: Figure, ax: Axes, cmap: str) -> Any:
+    """Add the layer-score colour bar (0 to 1) beside ``ax``; return its mappable."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
+    cbar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02, shrink=0.8)
+    cbar.set_label("layer score (shape match)")
+    return mappable
+
+
+def _draw_pairs(
+    ax: Axes, xs: np.ndarray, ys: np.ndarray, scores: np.ndarray, mappable: Any, size: float
+) -> None:
+    """Draw the matched pairs as squares coloured by score (gid :data:`PAIRS_GID`)."""
+    pairs = ax.scatter(
+        xs,
+        ys,
+        c=scores,
+        cmap=mappable.get_cmap(),
+        norm=mappable.norm,
+        s=size,
+        marker="s",
+        linewidths=0.4 if size > 16 else 0.0,
+        edgecolors="black",
+        zorder=3,
+    )
+    pairs.set_gid(PAIRS_GID)
+
+
+def _draw_markers(
+    fig: Figure,
+    ax: Axes,
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    mappable: Any,
+    unmatched_rows: list[int],
+    grid: tuple[int, int],
+) -> None:
+    """Draw the pair squares and the unmatched ticks, sized on the final layout."""
+    # Markers fill a fixed share of a grid cell, so size them on the final layout.
+    if fig.get_layout_engine() is not None:
+        fig.get_layout_engine().execute(fig)
+    size = _marker_size(ax, *grid)
+    _draw_pairs(ax, *pairs, mappable, size)
+    if unmatched_rows:
+        _mark_unmatched(ax, unmatched_rows, size)
+
+
+def _mark_unmatched(ax: Axes, rows: list[int], size: float) -> None:
+    """Draw red ticks on the left edge at the unmatched target rows."""
+    ax.scatter(
+        np.zeros(len(rows)),
+        rows,
+        transform=ax.get_yaxis_transform(),
+        marker="_",
+        s=max(size, 30.0),
+        color=_UNMATCHED_COLOR,
+        linewidths=2.0,
+        clip_on=False,
+        zorder=4,
+    )
+
+
 def plot_report(
     report: MatchReport,
     path: str | os.PathLike | None = None,
@@ -276,7 +423,7 @@ def plot_report(
     dpi: int = 120,
     title: str | None = None,
 ) -> Figure:
-    """Draws the alignment of a match report and returns the Matplotlib figure.
+    """Draw the alignment of a match report and return the Matplotlib figure.
 
     Source layers run along the x axis and target layers down the y axis, both in call
     order (the leaf order of ``report.src_blocks`` / ``report.dst_blocks``,
@@ -314,119 +461,33 @@ def plot_report(
       ValueError: when the report has no block trees (``src_blocks`` or
         ``dst_blocks`` is None), an empty one, or a pair naming a layer that is not in
         them.
-    """
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
 
+    Example:
+        >>> import jax, jax.numpy as jnp, dpiat_jax
+        >>> from dpiat_jax.models import MLP
+        >>> src, dst, x = MLP(hidden_sizes=(8,)), MLP(hidden_sizes=(16, 8)), jnp.zeros((1, 4))
+        >>> report = dpiat_jax.match(src.init(jax.random.key(0), x), src, dst, sample_input=x)
+        >>> fig = plot_report(report)
+        >>> len(fig.axes)  # the alignment and its colour bar
+        2
+    """
     src_tree, dst_tree = _checked_trees(report)
     src_leaves, dst_leaves = tree_leaves(src_tree), tree_leaves(dst_tree)
     src_index, dst_index = _index_of(src_leaves, "source"), _index_of(dst_leaves, "target")
     n_src, n_dst = len(src_leaves), len(dst_leaves)
-
-    missing = [
-        s if s not in src_index else d
-        for s, d, _ in report.pairs
-        if s not in src_index or d not in dst_index
-    ]
-    if missing:
-        raise ValueError(
-            f"report.pairs names layers that are not in its block trees: {missing[:5]}"
-        )
-    xs = np.array([src_index[s] for s, _, _ in report.pairs], dtype=int)
-    ys = np.array([dst_index[d] for _, d, _ in report.pairs], dtype=int)
-    scores = np.array([float(sc) for _, _, sc in report.pairs], dtype=float)
-
-    names_x = (n_src < LABEL_LIMIT) if annotate is None else bool(annotate)
-    names_y = (n_dst < LABEL_LIMIT) if annotate is None else bool(annotate)
-
-    if ax is None:
-        fig = Figure(
-            figsize=figsize or _auto_figsize(n_src, n_dst, names_x, names_y),
-            dpi=dpi,
-            layout="constrained",
-        )
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
-
-    ax.set_xlim(-0.5, n_src - 0.5)
-    ax.set_ylim(n_dst - 0.5, -0.5)  # target layer 0 at the top, like the DP table
-    ax.set_facecolor("white")
-
-    src_ranges, dst_ranges = _block_ranges(src_tree), _block_ranges(dst_tree)
-    bands = len(src_ranges) <= _DENSE_LIMIT and len(dst_ranges) <= _DENSE_LIMIT
-    if bands:
-        _shade_bands(ax, src_ranges, vertical=True)
-        _shade_bands(ax, dst_ranges, vertical=False)
-    n_outlined = _outline_block_pairs(ax, xs, ys, src_ranges, dst_ranges, n_src, n_dst)
-
-    src_ph = [i for i, leaf in enumerate(src_leaves) if leaf.is_placeholder]
-    dst_ph = [i for i, leaf in enumerate(dst_leaves) if leaf.is_placeholder]
-    lines = dict(colors=_PLACEHOLDER_COLOR, linewidth=0.6, linestyles=":", zorder=0.5)
-    draw_src_ph = 0 < len(src_ph) <= _DENSE_LIMIT
-    draw_dst_ph = 0 < len(dst_ph) <= _DENSE_LIMIT
-    if draw_src_ph:
-        ax.vlines(src_ph, 0, 1, transform=ax.get_xaxis_transform(), **lines)
-    if draw_dst_ph:
-        ax.hlines(dst_ph, 0, 1, transform=ax.get_yaxis_transform(), **lines)
-
+    xs, ys, scores = _pair_positions(report, src_index, dst_index)
+    names = tuple((n < LABEL_LIMIT) if annotate is None else bool(annotate) for n in (n_src, n_dst))
+    fig, ax = _grid_axes(ax, figsize or _auto_figsize(n_src, n_dst, *names), dpi, n_src, n_dst)
+    bands, n_outlined = _draw_blocks(ax, src_tree, dst_tree, xs, ys)
+    placeholders = _draw_placeholders(ax, src_leaves, dst_leaves)
     unmatched = set(report.unmatched_dst)
-    fontsize = 7.0 if max(n_src, n_dst) < 40 else 6.0
-    _label_axis(ax, src_leaves, "x", names_x, fontsize)
-    _label_axis(ax, dst_leaves, "y", names_y, fontsize)
-    if names_y:
-        for leaf, text in zip(dst_leaves, ax.get_yticklabels()):
-            if leaf.name in unmatched:
-                text.set_color(_UNMATCHED_COLOR)
-    ax.tick_params(length=2, pad=2)
-    ax.set_xlabel(f"source layers in call order ({n_src})")
-    ax.set_ylabel(f"target layers in call order ({n_dst})")
+    _label_axes(ax, src_leaves, dst_leaves, names, unmatched)
     ax.set_title(_title(report) if title is None else title, fontsize=9)
-    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
-    cbar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02, shrink=0.8)
-    cbar.set_label("layer score (shape match)")
-
-    # Markers fill a fixed share of a grid cell, so size them on the final layout.
-    if fig.get_layout_engine() is not None:
-        fig.get_layout_engine().execute(fig)
-    size = _marker_size(ax, n_src, n_dst)
-    pairs = ax.scatter(
-        xs,
-        ys,
-        c=scores,
-        cmap=mappable.get_cmap(),
-        norm=mappable.norm,
-        s=size,
-        marker="s",
-        linewidths=0.4 if size > 16 else 0.0,
-        edgecolors="black",
-        zorder=3,
-    )
-    pairs.set_gid(PAIRS_GID)
+    mappable = _colorbar(fig, ax, cmap)
     um = sorted(dst_index[n] for n in unmatched if n in dst_index)
-    if um:
-        ax.scatter(
-            np.zeros(len(um)),
-            um,
-            transform=ax.get_yaxis_transform(),
-            marker="_",
-            s=max(size, 30.0),
-            color=_UNMATCHED_COLOR,
-            linewidths=2.0,
-            clip_on=False,
-            zorder=4,
-        )
-    _legend(
-        ax,
-        mappable.get_cmap()(1.0),
-        n_pairs=len(xs),
-        n_blocks=n_outlined,
-        n_unmatched=len(um),
-        bands=bands,
-        placeholders=draw_src_ph or draw_dst_ph,
-    )
-
+    _draw_markers(fig, ax, (xs, ys, scores), mappable, um, (n_src, n_dst))
+    counts = dict(n_pairs=len(xs), n_blocks=n_outlined, n_unmatched=len(um))
+    _legend(ax, mappable.get_cmap()(1.0), **counts, bands=bands, placeholders=placeholders)
     if path is not None:
         fig.savefig(os.fspath(path), dpi=dpi)
     return fig

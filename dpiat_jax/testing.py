@@ -85,7 +85,12 @@ NORMS = ("batch", "layer", "group", "rms")
 class ConvOp:
     """A 2D convolution (``SAME`` padding). ``depthwise`` uses one group per input
     channel (and as many output channels); otherwise the feature group count is
-    ``gcd(groups, in_channels, features)``."""
+    ``gcd(groups, in_channels, features)``.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (ConvOp(8, kernel=1),)))  # conv + classifier
+        2
+    """
 
     features: int
     kernel: int = 3
@@ -98,7 +103,12 @@ class ConvOp:
 
 @dataclasses.dataclass(frozen=True)
 class DenseOp:
-    """A dense layer on the channel axis."""
+    """A dense layer on the channel axis.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (DenseOp(4), NormOp("layer")), num_classes=0))
+        2
+    """
 
     features: int
     use_bias: bool = True
@@ -108,7 +118,12 @@ class DenseOp:
 @dataclasses.dataclass(frozen=True)
 class NormOp:
     """A norm: ``"batch"`` (running statistics unless training), ``"layer"``,
-    ``"group"`` (``gcd(groups, channels)`` groups) or ``"rms"``."""
+    ``"group"`` (``gcd(groups, channels)`` groups) or ``"rms"``.
+
+    Example:
+        >>> NormOp("group", groups=2).kind in NORMS
+        True
+    """
 
     kind: str
     groups: int = 4
@@ -116,7 +131,13 @@ class NormOp:
 
 @dataclasses.dataclass(frozen=True)
 class DropoutOp:
-    """A Dropout module (a placeholder: no parameters)."""
+    """A Dropout module (a placeholder: no parameters).
+
+    Example:
+        >>> config = ArchConfig((1, 8, 8, 3), (DropoutOp(0.2), FnOp("relu")), num_classes=3)
+        >>> num_layers(config)  # the placeholders have no parameters: the classifier only
+        1
+    """
 
     rate: float = 0.1
 
@@ -124,7 +145,12 @@ class DropoutOp:
 @dataclasses.dataclass(frozen=True)
 class FnOp:
     """A parameter-free function (see ``FUNCTIONS``): a :class:`Fn` module (a
-    placeholder) when ``as_module``, else a plain call that leaves no module."""
+    placeholder) when ``as_module``, else a plain call that leaves no module.
+
+    Example:
+        >>> FnOp("gelu", as_module=False).fn in FUNCTIONS
+        True
+    """
 
     fn: str
     as_module: bool = True
@@ -133,7 +159,12 @@ class FnOp:
 @dataclasses.dataclass(frozen=True)
 class AttentionOp:
     """Self-attention over the ``H * W`` pixels as tokens, added to its input.
-    ``wrapped`` puts it in its own :class:`TokenMixer` module."""
+    ``wrapped`` puts it in its own :class:`TokenMixer` module.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (AttentionOp(),), num_classes=0))  # q, k, v, out
+        4
+    """
 
     num_heads: int = 2
     head_dim: int = 4
@@ -142,7 +173,12 @@ class AttentionOp:
 
 @dataclasses.dataclass(frozen=True)
 class BlockOp:
-    """A nested :class:`Block` module running ``body`` in order."""
+    """A nested :class:`Block` module running ``body`` in order.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (BlockOp((DenseOp(4), DenseOp(4))),), 0))
+        2
+    """
 
     body: tuple = ()
 
@@ -150,7 +186,13 @@ class BlockOp:
 @dataclasses.dataclass(frozen=True)
 class ResidualOp:
     """A :class:`Residual` module: ``body(x) + shortcut(x)``; the shortcut is a 1x1
-    conv (with a norm when ``shortcut_norm``) whenever the body changes the shape."""
+    conv (with a norm when ``shortcut_norm``) whenever the body changes the shape.
+
+    Example:
+        >>> body = (ConvOp(8), NormOp("batch"), ResidualOp((ConvOp(8), DropoutOp())))
+        >>> num_layers(ArchConfig((1, 8, 8, 3), body, num_classes=0))  # with a projection
+        5
+    """
 
     body: tuple = ()
     shortcut_norm: str | None = "batch"
@@ -161,7 +203,12 @@ class ResidualOp:
 class ParamOp:
     """A :class:`ParamOwner` module with a ``self.param`` beside its body's submodules:
     ``"pos"`` (an embedding added before the body) or ``"scale"`` (a per-channel scale
-    after it). With an empty body it is a custom parametrised leaf layer."""
+    after it). With an empty body it is a custom parametrised leaf layer.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (ParamOp((), "scale"),), num_classes=0))
+        1
+    """
 
     body: tuple = ()
     kind: str = "scale"
@@ -170,7 +217,12 @@ class ParamOp:
 @dataclasses.dataclass(frozen=True)
 class TiedOp:
     """One dense layer (as many features as its input has channels) called twice:
-    weight sharing."""
+    weight sharing.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (TiedOp(),), num_classes=0))  # one layer
+        1
+    """
 
     use_bias: bool = True
 
@@ -180,7 +232,12 @@ class SetupOp:
     """A :class:`SetupStack` module: (Dense, LayerNorm) pairs defined in ``setup`` as
     lists and called in list order, or in reverse when ``reverse`` (call order then
     differs from definition order; with ten or more, ``dense_10`` sorts before
-    ``dense_2``)."""
+    ``dense_2``).
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (SetupOp((8, 4)),), num_classes=0))
+        4
+    """
 
     features: tuple = (8,)
     reverse: bool = False
@@ -206,7 +263,13 @@ CONTAINERS = (BlockOp, ResidualOp, ParamOp)
 class ArchConfig:
     """A whole architecture: its input shape ``(N, H, W, C)``, the operations of its
     body and the classifier (global mean pooling and a dense layer; none when
-    ``num_classes`` is 0)."""
+    ``num_classes`` is 0).
+
+    Example:
+        >>> config = ArchConfig((1, 8, 8, 3), (ConvOp(8), NormOp("batch")), num_classes=10)
+        >>> config == ArchConfig((1, 8, 8, 3), (ConvOp(8), NormOp("batch")))  # by value
+        True
+    """
 
     input_shape: tuple[int, ...]
     body: tuple = ()
@@ -236,7 +299,13 @@ def _function(name: str, x: jax.Array) -> jax.Array:
 
 
 class Fn(nn.Module):
-    """A parameter-free module applying a function of ``FUNCTIONS``."""
+    """A parameter-free module applying a function of ``FUNCTIONS``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> Fn("max_pool").apply({}, jnp.ones((1, 4, 4, 2))).shape
+        (1, 2, 2, 2)
+    """
 
     fn: str
 
@@ -267,7 +336,14 @@ def _attention(op: AttentionOp, x: jax.Array) -> jax.Array:
 
 
 class TokenMixer(nn.Module):
-    """Self-attention over pixels as its own module (see :class:`AttentionOp`)."""
+    """Self-attention over pixels as its own module (see :class:`AttentionOp`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> variables = TokenMixer(AttentionOp()).init(jax.random.key(0), jnp.ones((1, 2, 2, 4)))
+        >>> sorted(variables["params"])
+        ['MultiHeadDotProductAttention_0']
+    """
 
     op: AttentionOp
 
@@ -324,7 +400,14 @@ def _apply_all(ops: Sequence[Op], x: jax.Array, train: bool) -> jax.Array:
 
 
 class SetupStack(nn.Module):
-    """(Dense, LayerNorm) pairs created in ``setup``; see :class:`SetupOp`."""
+    """(Dense, LayerNorm) pairs created in ``setup``; see :class:`SetupOp`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> variables = SetupStack((8, 4)).init(jax.random.key(0), jnp.ones((1, 3)))
+        >>> sorted(variables["params"])
+        ['dense_0', 'dense_1', 'norm_0', 'norm_1']
+    """
 
     features: tuple
     reverse: bool = False
@@ -341,7 +424,14 @@ class SetupStack(nn.Module):
 
 
 class Block(nn.Module):
-    """A nested block: its operations in order."""
+    """A nested block: its operations in order.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = Block((DenseOp(4), NormOp("layer")))
+        >>> sorted(block.init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))["params"])
+        ['Dense_0', 'LayerNorm_0']
+    """
 
     body: tuple
 
@@ -351,7 +441,14 @@ class Block(nn.Module):
 
 
 class Residual(nn.Module):
-    """``body(x) + shortcut(x)``; see :class:`ResidualOp`."""
+    """``body(x) + shortcut(x)``; see :class:`ResidualOp`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> variables = Residual((ConvOp(8),)).init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
+        >>> sorted(variables["params"])  # the body's conv, the projection and its norm
+        ['BatchNorm_0', 'Conv_0', 'Conv_1']
+    """
 
     body: tuple
     shortcut_norm: str | None = "batch"
@@ -377,7 +474,14 @@ class Residual(nn.Module):
 
 
 class ParamOwner(nn.Module):
-    """A module owning a parameter beside its submodules (see :class:`ParamOp`)."""
+    """A module owning a parameter beside its submodules (see :class:`ParamOp`).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> owner = ParamOwner((DenseOp(4),), "scale")
+        >>> sorted(owner.init(jax.random.key(0), jnp.ones((1, 2, 2, 3)))["params"])
+        ['Dense_0', 'gamma']
+    """
 
     body: tuple
     kind: str = "scale"
@@ -394,7 +498,15 @@ class ParamOwner(nn.Module):
 
 class RandomNet(nn.Module):
     """A network described by an :class:`ArchConfig` (``train`` drives BatchNorm and
-    Dropout)."""
+    Dropout).
+
+    Example:
+        >>> import jax
+        >>> net = RandomNet(ArchConfig((1, 4, 4, 3), (ConvOp(4), NormOp("batch")), num_classes=2))
+        >>> variables = net.init(jax.random.key(0), random_input(net))
+        >>> net.apply(variables, random_input(net, batch=3)).shape
+        (3, 2)
+    """
 
     config: ArchConfig
 
@@ -555,8 +667,20 @@ def _out_shape(op: Op, channels: int, size: int) -> tuple[int, int]:
 
 
 def num_layers(config: ArchConfig | RandomNet) -> int:
-    """An upper bound on the parametrised layers of an architecture (a residual counts
-    a possible projection; attention counts its four projections)."""
+    """Return an upper bound on the parametrised layers of an architecture.
+
+    A residual counts a possible projection; attention counts its four projections.
+
+    Args:
+        config: the architecture, or the module that holds it.
+
+    Returns:
+        The number of layers with parameters, the classifier included.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (ConvOp(8), DropoutOp(), DenseOp(4))))
+        3
+    """
     config = config.config if isinstance(config, RandomNet) else config
     return sum(_count(op) for op in config.body) + (1 if config.num_classes else 0)
 
@@ -573,7 +697,7 @@ def random_config(
     widths: Sequence[int] | None = None,
     downsample: bool = True,
 ) -> ArchConfig:
-    """Draws an :class:`ArchConfig` (see the module docstring for the grammar).
+    """Draw an :class:`ArchConfig` (see the module docstring for the grammar).
 
     Args:
       rng: a NumPy generator or a seed.
@@ -589,6 +713,14 @@ def random_config(
         up to ``max_width``; a small set keeps the distinct tensor shapes few (eager
         inits compile once per shape).
       downsample: whether strided convs and pooling may shrink the image.
+
+    Returns:
+      The drawn config; the same ``rng`` seed draws the same config.
+
+    Example:
+        >>> config = random_config(0)
+        >>> config.input_shape, config == random_config(0)
+        ((1, 16, 16, 3), True)
     """
     r = _generator(rng)
     if input_shape is None:
@@ -623,9 +755,30 @@ def random_architecture(
     widths: Sequence[int] | None = None,
     downsample: bool = True,
 ) -> RandomNet:
-    """Draws a random architecture: a :class:`RandomNet` whose ``config`` (an
-    :class:`ArchConfig`) also fixes its input shape (see :func:`random_input`).
-    Arguments as for :func:`random_config`."""
+    """Draw a random architecture: a :class:`RandomNet` of :func:`random_config`'s config.
+
+    The ``config`` (an :class:`ArchConfig`) also fixes the input shape (see
+    :func:`random_input`).
+
+    Args:
+      rng: a NumPy generator or a seed.
+      max_depth: as for :func:`random_config`.
+      max_width: as for :func:`random_config`.
+      max_len: as for :func:`random_config`.
+      max_layers: as for :func:`random_config`.
+      input_shape: as for :func:`random_config`.
+      num_classes: as for :func:`random_config`.
+      widths: as for :func:`random_config`.
+      downsample: as for :func:`random_config`.
+
+    Returns:
+      An unbound :class:`RandomNet`.
+
+    Example:
+        >>> net = random_architecture(0)
+        >>> net.config == random_config(0)
+        True
+    """
     return RandomNet(
         random_config(
             rng,
@@ -647,8 +800,20 @@ def random_input(
     *,
     batch: int | None = None,
 ) -> jax.Array:
-    """An input batch for a generated architecture: zeros, or standard normal values
-    when ``rng`` is given; ``batch`` overrides the config's batch size."""
+    """Return an input batch for a generated architecture.
+
+    Args:
+      module_or_config: a :class:`RandomNet` or its :class:`ArchConfig`.
+      rng: a NumPy generator or a seed for standard normal values; zeros when None.
+      batch: overrides the config's batch size.
+
+    Returns:
+      A float32 array of the config's input shape.
+
+    Example:
+        >>> random_input(random_architecture(0), batch=2).shape
+        (2, 16, 16, 3)
+    """
     config = getattr(module_or_config, "config", module_or_config)
     shape = tuple(config.input_shape)
     if batch is not None:
@@ -664,9 +829,26 @@ def random_variables(
     rng: np.random.Generator | int | None = None,
     **call_kwargs: Any,
 ) -> dict:
-    """Variables with the structure, shapes and dtypes of ``module.init`` whose every
-    value is drawn afresh (standard normal; batch variances positive), so that a
-    transferred tensor is told apart from a fresh one. Costs an abstract init only."""
+    """Return variables shaped as ``module.init``'s, every value drawn afresh.
+
+    Values are standard normal (batch variances positive), so that a transferred tensor
+    is told apart from a fresh one. Costs an abstract init only.
+
+    Args:
+      module: the linen module.
+      sample_input: an input batch for ``module.init``.
+      rng: a NumPy generator or a seed.
+      **call_kwargs: passed to ``module.init``.
+
+    Returns:
+      The variables dict (the structure, shapes and dtypes of ``module.init``).
+
+    Example:
+        >>> net = RandomNet(ArchConfig((1, 4, 4, 3), (ConvOp(4), NormOp("batch")), 2))
+        >>> variables = random_variables(net, random_input(net), rng=0)
+        >>> sorted(variables), sorted(variables["params"])
+        (['batch_stats', 'params'], ['BatchNorm_0', 'Conv_0', 'Dense_0'])
+    """
     abstract = jax.eval_shape(
         module.init,
         {"params": jax.random.key(0), "dropout": jax.random.key(1)},
@@ -724,10 +906,24 @@ def _at(ops: tuple, path: tuple) -> tuple:
 def mutate(
     config: ArchConfig | RandomNet, rng: np.random.Generator | int | None = None, steps: int = 1
 ) -> ArchConfig | RandomNet:
-    """A related architecture: ``steps`` random edits, each one of widen or narrow
-    every conv/dense layer, repeat an element of a body (deeper), delete one, insert a
-    random layer, or flip a kernel size. Returns the type it was given (a config or a
-    module); the input shape never changes."""
+    """Return a related architecture: ``steps`` random edits of ``config``.
+
+    Each edit widens or narrows every conv/dense layer, repeats an element of a body
+    (deeper), deletes one, inserts a random layer, or flips a kernel size.
+
+    Args:
+      config: a config or a :class:`RandomNet`.
+      rng: a NumPy generator or a seed.
+      steps: the number of edits.
+
+    Returns:
+      The type it was given (a config or a module); the input shape never changes.
+
+    Example:
+        >>> config = random_config(0)
+        >>> mutate(config, 0).input_shape == config.input_shape
+        True
+    """
     if isinstance(config, RandomNet):
         return RandomNet(mutate(config.config, rng, steps))
     r = _generator(rng)
@@ -800,7 +996,14 @@ class _DeepStage(nn.Module):
 
 class DeepNet(nn.Module):
     """Stages (one per width) of identical blocks of ``layers`` (Dense, LayerNorm)
-    pairs: ``2 * len(widths) * blocks * layers`` layers, plus a classifier."""
+    pairs: ``2 * len(widths) * blocks * layers`` layers, plus a classifier.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> net = DeepNet((8, 4), blocks=1, layers=2)
+        >>> net.apply(net.init(jax.random.key(0), jnp.ones((1, 16))), jnp.ones((1, 16))).shape
+        (1, 10)
+    """
 
     widths: tuple[int, ...]
     blocks: int = 10
@@ -822,8 +1025,23 @@ def deep_model(
     rng: np.random.Generator | int | None = 0,
     max_width: int = 32,
 ) -> tuple[DeepNet, jax.Array]:
-    """A :class:`DeepNet` with about ``num_layers`` small layers in nested blocks and
-    its sample input ``(1, 16)``; stage widths are drawn from ``rng``."""
+    """Return a :class:`DeepNet` of about ``num_layers`` small layers and its input.
+
+    Args:
+      num_layers: the approximate number of layers (in nested blocks).
+      stages: the number of stages (one width each).
+      layers_per_block: (Dense, LayerNorm) pairs per block.
+      rng: a NumPy generator or a seed for the stage widths.
+      max_width: the largest stage width.
+
+    Returns:
+      ``(model, sample_input)``; the input is zeros of shape ``(1, 16)``.
+
+    Example:
+        >>> model, x = deep_model(200, stages=2)
+        >>> model.blocks, x.shape
+        (10, (1, 16))
+    """
     r = _generator(rng)
     blocks = max(1, round(num_layers / (2 * stages * layers_per_block)))
     widths = tuple(int(w) for w in r.choice([w for w in WIDTHS if w <= max_width], stages))

@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +82,52 @@ def test_experiment_command_default_out(monkeypatch):
     monkeypatch.setattr(experiment, "run_experiment", lambda config, out, **kw: calls.append(out))
     assert cli.main(["experiment", "digits", "--no-resume"]) == 0
     assert calls == ["runs/experiments/digits"]
+
+
+# A subcommand whose extra is missing exits with one line naming the extra. The missing
+# module is simulated in a fresh interpreter (``sys.modules[name] = None`` makes its import
+# fail), so this process's modules are untouched.
+_WITHOUT = (
+    "import sys; sys.modules[{module!r}] = None; "
+    "from dpiat_jax.cli import main; sys.exit(main({argv!r}))"
+)
+
+
+def _run_without(module, argv, tmp_path):
+    code = _WITHOUT.format(module=module, argv=argv)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "extra"),
+    [
+        ("matplotlib", ["demo", "--quick", "--seeds", "1"], "experiments"),
+        ("sklearn", ["experiment", "digits", "--quick"], "experiments"),
+        ("orbax", ["transfer", "--src", "ckpt", "--src-def", "dpiat_jax.models:MLP",
+                   "--dst-def", "dpiat_jax.models:MLP",
+                   "--out", "out", "--quiet"], "cli"),
+    ],
+)  # fmt: skip
+def test_missing_extra_exits_with_one_line(module, argv, extra, tmp_path):
+    if argv[0] == "transfer":
+        (tmp_path / "ckpt").mkdir()
+    proc = _run_without(module, argv, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"dpiat-jax {argv[0]}: error:")
+    assert f"[{extra}]" in lines[0] and repr(module) in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_extra_message():
+    demo, transfer = registry.SUBCOMMANDS["demo"], registry.SUBCOMMANDS["transfer"]
+    orbax = ModuleNotFoundError("No module named 'orbax'", name="orbax.checkpoint")
+    plot = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    assert "[experiments]" in registry.missing_extra_message(demo, orbax)
+    assert "[cli]" in registry.missing_extra_message(transfer, orbax)
+    assert "[experiments]" in registry.missing_extra_message(transfer, plot)
+    other = ModuleNotFoundError("No module named 'my_model'", name="my_model")
+    assert registry.missing_extra_message(demo, other) is None

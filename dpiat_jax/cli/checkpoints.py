@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dpiat_jax.cli.registry import SUBCOMMANDS, subcommand
+from dpiat_jax.cli.registry import subcommand
 
 __all__ = ["CliError", "Source", "load_checkpoint_variables", "load_definition"]
 
@@ -180,11 +180,22 @@ def _cwd_on_path() -> None:
 
 
 def load_definition(spec: str, kwargs_json: str | None, option: str, kwargs_option: str) -> Any:
-    """Imports ``module:Class`` and builds the linen module with the JSON kwargs.
+    """Import ``module:Class`` and build the linen module with the JSON kwargs.
 
-    Raises :class:`CliError` (naming ``option``/``kwargs_option`` and the fix) when the
-    path is malformed, the module or attribute cannot be imported, the kwargs do not fit
-    the constructor, or the result is not a linen module.
+    Args:
+        spec: the import path ``module:Class`` (``Class`` may be a function returning a
+            module, or a module instance).
+        kwargs_json: the constructor arguments as a JSON object (lists become tuples).
+        option: the option ``spec`` came from, for messages (``--src-def``).
+        kwargs_option: the option ``kwargs_json`` came from (``--src-kwargs``).
+
+    Returns:
+        The unbound linen module.
+
+    Raises:
+        CliError: naming ``option``/``kwargs_option`` and the fix, when the path is
+            malformed, the module or attribute cannot be imported, the kwargs do not fit
+            the constructor, or the result is not a linen module.
     """
     import flax.linen as nn
 
@@ -259,11 +270,19 @@ _TRAIN_STATE_FIELDS = ("step", "opt_state", "dropout_key")
 
 
 def load_checkpoint_variables(path: str, option: str = "--src") -> dict[str, Any]:
-    """Restores an Orbax checkpoint without a target and returns its model variables.
+    """Restore an Orbax checkpoint without a target and return its model variables.
 
-    A :class:`~dpiat_jax.experiments.train.TrainState` checkpoint gives
-    ``{"params", "batch_stats"}`` (the latter when saved); a variables dict is returned
-    as is; a bare params collection becomes ``{"params": ...}``.
+    Args:
+        path: the checkpoint directory.
+        option: the option ``path`` came from, for messages.
+
+    Returns:
+        From a :class:`~dpiat_jax.experiments.train.TrainState` checkpoint
+        ``{"params", "batch_stats"}`` (the latter when saved); a variables dict as is; a
+        bare params collection as ``{"params": ...}``.
+
+    Raises:
+        CliError: when ``path`` is missing, a file, unreadable or holds no variables.
     """
     if not os.path.exists(path):
         raise CliError(
@@ -733,6 +752,7 @@ def _rank_body(args: argparse.Namespace) -> int:
 
 @subcommand(
     "transfer",
+    extra="cli",
     help="initialise a target architecture from a source checkpoint; write a checkpoint",
     add_arguments=_transfer_args,
     description=(
@@ -748,6 +768,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
 @subcommand(
     "match",
+    extra="cli",
     help="print what a transfer from a source checkpoint would move (and plot it)",
     add_arguments=_match_args,
     description=(
@@ -762,6 +783,7 @@ def _match(args: argparse.Namespace) -> int:
 
 @subcommand(
     "rank",
+    extra="cli",
     help="rank several source checkpoints by their DPIAT similarity to one target",
     add_arguments=_rank_args,
     description=(
@@ -772,11 +794,3 @@ def _match(args: argparse.Namespace) -> int:
 )
 def _rank(args: argparse.Namespace) -> int:
     return _run_guarded("rank", lambda: _rank_body(args))
-
-
-# ``python -m dpiat_jax.cli`` runs cli.py as ``__main__``: a second module object with its
-# own registry, which imports this module at its end. Register there too.
-_main = sys.modules.get("__main__")
-if getattr(getattr(_main, "__spec__", None), "name", None) == "dpiat_jax.cli":
-    for _name in ("transfer", "match", "rank"):
-        _main.SUBCOMMANDS.setdefault(_name, SUBCOMMANDS[_name])

@@ -98,7 +98,8 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
 def _experiment(args: argparse.Namespace) -> int:
     import os
 
-    from dpiat_jax.experiments.protocol import load_config, run_experiment
+    from dpiat_jax.experiments.config import load_config
+    from dpiat_jax.experiments.protocol import run_experiment
 
     config = load_config(args.config)
     out = args.out or os.path.join("runs", "experiments", config.name)
@@ -162,8 +163,8 @@ def _methods_args(parser: argparse.ArgumentParser) -> None:
 def _methods(args: argparse.Namespace) -> int:
     import os
 
+    from dpiat_jax.experiments.config import load_config
     from dpiat_jax.experiments.methods import all_combinations, parse_combinations, run_methods
-    from dpiat_jax.experiments.protocol import load_config
 
     config = load_config(args.config)
     out = args.out or os.path.join("runs", "experiments", config.name)

@@ -15,7 +15,9 @@ adds its arguments to its own ``argparse`` subparser. A new subcommand (say ``tr
         return 0
 
 Subcommand modules (the models, training, plotting) are imported inside the subcommand
-functions, so ``dpiat-jax --help`` only pays for importing the package itself.
+functions, so ``dpiat-jax --help`` only pays for importing the package itself, and works
+without the optional dependencies. A subcommand whose extra is not installed exits with
+status 2 and one line naming the extra to install (:func:`missing_extra_message`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from dpiat_jax.cli.registry import SUBCOMMANDS
+from dpiat_jax.cli.registry import SUBCOMMANDS, missing_extra_message
 
 __all__ = ["build_parser", "main"]
 
@@ -36,7 +38,11 @@ for _module in SUBCOMMAND_MODULES:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per registered subcommand."""
+    """Return the top-level parser with one subparser per registered subcommand.
+
+    Returns:
+        The ``dpiat-jax`` parser; a parsed subcommand sets ``_subcommand`` to its name.
+    """
     from dpiat_jax import __version__
 
     parser = argparse.ArgumentParser(
@@ -60,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dpiat-jax`` console script; returns the exit code."""
+    """Run the ``dpiat-jax`` console script.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: the subcommand's, 2 for usage errors and missing extras.
+    """
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     name = getattr(args, "_subcommand", None)
@@ -68,7 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return int(SUBCOMMANDS[name].run(args) or 0)
+    command = SUBCOMMANDS[name]
+    try:
+        return int(command.run(args) or 0)
+    except ModuleNotFoundError as err:
+        message = missing_extra_message(command, err)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -87,6 +87,13 @@ class Dataset:
         """Returns a copy keeping only the first ``num_train``/``num_test`` examples.
 
         Useful for quick experiments and tests; ``None`` keeps a split whole.
+
+        Args:
+          num_train: training examples kept.
+          num_test: test examples kept.
+
+        Returns:
+          The shortened dataset (the arrays are views of this one's).
         """
         return dataclasses.replace(
             self,
@@ -338,6 +345,10 @@ def load(name: str, **kwargs: Any) -> Dataset:
     :func:`load_mnist1d`); every other name goes to :func:`load_tfds`. ``kwargs``
     are passed to the chosen loader.
 
+    Args:
+      name: ``"digits"``, ``"mnist1d"`` or a TFDS name (e.g. ``"cifar10"``).
+      **kwargs: options of the chosen loader.
+
     Returns:
       The :class:`Dataset`.
     """
@@ -409,6 +420,11 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, *, flip: bool = False
     """Randomly translates (and optionally flips) each example; see :func:`batches`.
 
     Inputs with fewer than one spatial axis (``x.ndim < 3``) are returned as is.
+
+    Args:
+      x: a batch ``(N, ..., C)``.
+      rng: the generator of the offsets (and flips).
+      flip: also flip 2D images horizontally with probability 1/2.
 
     Returns:
       An augmented copy of ``x`` with the same shape and dtype.

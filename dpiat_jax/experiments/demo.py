@@ -23,7 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
+from matplotlib.figure import Figure
+
+import dpiat_jax as dj
+from dpiat_jax.experiments import data, train
+from dpiat_jax.models import CifarResNet
+from dpiat_jax.types import Variables
 
 __all__ = ["DemoResult", "DemoSettings", "run_demo"]
 
@@ -85,7 +93,14 @@ class DemoResult:
     seconds: float
 
     def final(self, init: str) -> tuple[float, float]:
-        """Mean and standard deviation over seeds of the accuracy after the epoch."""
+        """Return the mean and standard deviation over seeds of the accuracy after the epoch.
+
+        Args:
+          init: ``"transfer"`` or ``"random"``.
+
+        Returns:
+          ``(mean, std)``; the std of one seed is 0.
+        """
         a = self.curves[init][:, -1]
         return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
@@ -95,10 +110,19 @@ class DemoResult:
         return self.final("transfer")[0] / self.final("random")[0]
 
 
-def _train_one_epoch(state, dataset, settings: DemoSettings, seed: int, eval_at: set[int]):
-    """One shuffled epoch of ``train_step``; test accuracy at step 0 and at ``eval_at``."""
-    from dpiat_jax.experiments import data, train
+def _print(msg: str) -> None:
+    """The default progress printer: ``print`` with flush."""
+    print(msg, flush=True)
 
+
+def _train_one_epoch(
+    state: train.TrainState,
+    dataset: data.Dataset,
+    settings: DemoSettings,
+    seed: int,
+    eval_at: set[int],
+) -> list[float]:
+    """One shuffled epoch of ``train_step``; test accuracy at step 0 and at ``eval_at``."""
     rng = np.random.default_rng(seed)
     accs = [train.evaluate(state, dataset.x_test, dataset.y_test)["accuracy"]]
     for step, (xb, yb) in enumerate(
@@ -114,8 +138,7 @@ def _train_one_epoch(state, dataset, settings: DemoSettings, seed: int, eval_at:
 
 
 def _plot(path: Path, result: DemoResult, title: str) -> None:
-    from matplotlib.figure import Figure
-
+    """Draw the learning curves of both starts (mean, ± std band, every seed) to ``path``."""
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     x = np.asarray(result.steps) / result.steps_per_epoch
@@ -143,57 +166,24 @@ def _plot(path: Path, result: DemoResult, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def run_demo(
-    out_dir: str = "runs/demo",
-    seeds: int = 3,
-    quick: bool = False,
-    log: Callable[[str], None] | None = None,
-    settings: DemoSettings | None = None,
-) -> DemoResult:
-    """Runs the demo (see the module docstring) and returns its numbers.
-
-    Args:
-      out_dir: Directory for ``learning_curves.png``, ``demo.json`` and
-        ``match_report.txt`` (created).
-      seeds: Number of seeds of the target training (seeds ``0 .. seeds-1``).
-      quick: The tiny preset used by tests.
-      log: Printer (default: ``print`` with flush).
-      settings: Custom :class:`DemoSettings` (overrides ``quick``'s preset).
-
-    Returns:
-      A :class:`DemoResult`.
-    """
-    import jax
-
-    import dpiat_jax as dj
-    from dpiat_jax.experiments import data, train
-    from dpiat_jax.models import CifarResNet
-
-    if seeds < 1:
-        raise ValueError(f"seeds must be positive, got {seeds}.")
-    log = log or (lambda msg: print(msg, flush=True))
-    settings = settings or (QUICK if quick else FULL)
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
+def _load_data(settings: DemoSettings) -> data.Dataset:
+    """Return the digits, truncated as ``settings`` say."""
     dataset = data.load("digits")
     if settings.max_train or settings.max_test:
         dataset = dataset.take(settings.max_train, settings.max_test)
-    x0 = dataset.x_train[:2]
-    steps_per_epoch = dataset.num_train // settings.batch_size
-    log(
-        f"DPIAT demo on digits{' (quick mode)' if quick else ''}: "
-        f"{dataset.num_train} training / {dataset.num_test} test images of 8x8x1, 10 classes"
-    )
+    return dataset
 
-    # 1. The source.
-    c = settings.base_channels
-    src_name = f"CIFAR ResNet-{settings.source_depth} ({c} base channels)"
-    dst_name = f"CIFAR ResNet-{settings.target_depth} ({c} base channels)"
-    source = CifarResNet(depth=settings.source_depth, base_channels=c, num_classes=10)
-    target = CifarResNet(depth=settings.target_depth, base_channels=c, num_classes=10)
+
+def _train_source(
+    source: nn.Module,
+    dataset: data.Dataset,
+    settings: DemoSettings,
+    name: str,
+    log: Callable[[str], None],
+) -> tuple[Variables, float]:
+    """Train the source from seed 0 and log it; return its variables and test accuracy."""
     start = time.perf_counter()
+    x0 = dataset.x_train[:2]
     src_vars = source.init(jax.random.key(0), x0)
     src_steps = settings.source_epochs * (dataset.num_train // settings.source_batch_size)
     src_tx = train.make_optimizer("sgd", settings.learning_rate, src_steps)
@@ -208,36 +198,38 @@ def run_demo(
         progress=False,
         eval_every_epoch=False,
     )
-    source_accuracy = float(history.final.test_accuracy)
+    accuracy = float(history.final.test_accuracy)
     log(
-        f"\n1. Source {src_name}: trained {settings.source_epochs} epochs, "
-        f"test accuracy {source_accuracy:.3f} ({time.perf_counter() - start:.1f}s)"
+        f"\n1. Source {name}: trained {settings.source_epochs} epochs, "
+        f"test accuracy {accuracy:.3f} ({time.perf_counter() - start:.1f}s)"
     )
+    return src_vars, accuracy
 
-    # 2. The transfer's matching.
-    start = time.perf_counter()
-    report = dj.match(src_vars, source, target, jax.random.key(0), sample_input=x0)
-    similarity = dj.similarity((source, src_vars), target, sample_input=x0)
-    (out / "match_report.txt").write_text(str(report) + "\n")
-    log(
-        f"\n2. DPIAT transfer into {dst_name} "
-        f"(similarity {similarity:.3f}, {time.perf_counter() - start:.1f}s):\n"
-    )
-    log(str(report))
 
-    # 3. One epoch of target training from both starts.
-    n_evals = max(1, min(settings.evals_per_epoch, steps_per_epoch))
-    eval_at = sorted({round(steps_per_epoch * (i + 1) / n_evals) for i in range(n_evals)})
-    steps = [0, *eval_at]
+def _target_curves(
+    pair: tuple[nn.Module, Variables, nn.Module],
+    dataset: data.Dataset,
+    settings: DemoSettings,
+    seeds: list[int],
+    eval_at: list[int],
+    log: Callable[[str], None],
+) -> dict[str, list[list[float]]]:
+    """Train the target one epoch per seed from the transfer and from a random init.
+
+    Returns:
+        ``{"transfer" | "random": one learning curve per seed}``.
+    """
+    source, src_vars, target = pair
+    x0 = dataset.x_train[:2]
+    steps_per_epoch = dataset.num_train // settings.batch_size
     tx = train.make_optimizer("sgd", settings.learning_rate, steps_per_epoch)
-    seed_list = list(range(seeds))
     curves: dict[str, list[list[float]]] = {"transfer": [], "random": []}
     log(
         f"\n3. One epoch of training of the target ({steps_per_epoch} steps of "
-        f"{settings.batch_size}, SGD lr {settings.learning_rate} cosine), {seeds} seed(s):"
+        f"{settings.batch_size}, SGD lr {settings.learning_rate} cosine), {len(seeds)} seed(s):"
     )
     log(f"   {'seed':>4}  {'transfer':>8}  {'random':>8}   (test accuracy after the epoch)")
-    for seed in seed_list:
+    for seed in seeds:
         start = time.perf_counter()
         rng = jax.random.key(seed + 1)
         starts = {
@@ -251,28 +243,29 @@ def run_demo(
             f"   {seed:>4}  {curves['transfer'][-1][-1]:>8.3f}  {curves['random'][-1][-1]:>8.3f}"
             f"   ({time.perf_counter() - start:.1f}s)"
         )
+    return curves
 
-    result = DemoResult(
-        source_accuracy=source_accuracy,
-        similarity=float(similarity),
-        report=report,
-        steps=steps,
-        steps_per_epoch=steps_per_epoch,
-        curves={k: np.asarray(v, dtype=np.float64) for k, v in curves.items()},
-        seeds=seed_list,
-        plot=str(out / "learning_curves.png"),
-        seconds=0.0,
+
+def _eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
+    """Return the (at most ``evals_per_epoch``) evenly spaced steps that end with the epoch."""
+    n_evals = max(1, min(evals_per_epoch, steps_per_epoch))
+    return sorted({round(steps_per_epoch * (i + 1) / n_evals) for i in range(n_evals)})
+
+
+def _title(settings: DemoSettings, seeds: int) -> str:
+    """Return the learning-curve figure's title."""
+    return (
+        f"DPIAT on digits: ResNet-{settings.source_depth} -> ResNet-{settings.target_depth} "
+        f"({settings.base_channels} base channels), {seeds} seed(s)"
     )
+
+
+def _final_message(result: DemoResult, seeds: int) -> str:
+    """Return the closing lines: both final accuracies, their start and their ratio."""
     (t_mean, t_std), (r_mean, r_std) = result.final("transfer"), result.final("random")
     t_start = result.curves["transfer"][:, 0].mean()
     r_start = result.curves["random"][:, 0].mean()
-    title = (
-        f"DPIAT on digits: ResNet-{settings.source_depth} -> ResNet-{settings.target_depth} "
-        f"({c} base channels), {seeds} seed(s)"
-    )
-    _plot(Path(result.plot), result, title)
-    result.seconds = time.perf_counter() - t0
-    log(
+    return (
         f"\nAfter one epoch (mean ± std over {seeds} seed(s)):\n"
         f"   from the DPIAT transfer: {t_mean:.3f} ± {t_std:.3f}"
         f"   (before training {t_start:.3f})\n"
@@ -280,27 +273,111 @@ def run_demo(
         f"   (before training {r_start:.3f})\n"
         f"   ratio transfer / random: {result.ratio:.2f}x"
     )
-    (out / "demo.json").write_text(
-        json.dumps(
-            {
-                "settings": dataclasses.asdict(settings),
-                "quick": quick,
-                "source": src_name,
-                "target": dst_name,
-                "source_accuracy": source_accuracy,
-                "similarity": result.similarity,
-                "layer_coverage": report.layer_coverage,
-                "steps": steps,
-                "steps_per_epoch": steps_per_epoch,
-                "seeds": seed_list,
-                "curves": {k: v.tolist() for k, v in result.curves.items()},
-                "transfer_final": [t_mean, t_std],
-                "random_final": [r_mean, r_std],
-                "ratio": result.ratio,
-                "seconds": result.seconds,
-            },
-            indent=1,
-        )
+
+
+def _summary_json(
+    result: DemoResult, settings: DemoSettings, quick: bool, names: tuple[str, str]
+) -> str:
+    """Return ``demo.json``: the settings, the curves and the final accuracies."""
+    (t_mean, t_std), (r_mean, r_std) = result.final("transfer"), result.final("random")
+    return json.dumps(
+        {
+            "settings": dataclasses.asdict(settings),
+            "quick": quick,
+            "source": names[0],
+            "target": names[1],
+            "source_accuracy": result.source_accuracy,
+            "similarity": result.similarity,
+            "layer_coverage": result.report.layer_coverage,
+            "steps": result.steps,
+            "steps_per_epoch": result.steps_per_epoch,
+            "seeds": result.seeds,
+            "curves": {k: v.tolist() for k, v in result.curves.items()},
+            "transfer_final": [t_mean, t_std],
+            "random_final": [r_mean, r_std],
+            "ratio": result.ratio,
+            "seconds": result.seconds,
+        },
+        indent=1,
     )
+
+
+def run_demo(
+    out_dir: str = "runs/demo",
+    seeds: int = 3,
+    quick: bool = False,
+    log: Callable[[str], None] | None = None,
+    settings: DemoSettings | None = None,
+) -> DemoResult:
+    """Run the demo (see the module docstring) and return its numbers.
+
+    Args:
+      out_dir: Directory for ``learning_curves.png``, ``demo.json`` and
+        ``match_report.txt`` (created).
+      seeds: Number of seeds of the target training (seeds ``0 .. seeds-1``).
+      quick: The tiny preset used by tests.
+      log: Printer (default: ``print`` with flush).
+      settings: Custom :class:`DemoSettings` (overrides ``quick``'s preset).
+
+    Returns:
+      A :class:`DemoResult`.
+
+    Raises:
+      ValueError: if ``seeds`` is not positive.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be positive, got {seeds}.")
+    log = log or _print
+    settings = settings or (QUICK if quick else FULL)
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = _load_data(settings)
+    x0 = dataset.x_train[:2]
+    steps_per_epoch = dataset.num_train // settings.batch_size
+    log(
+        f"DPIAT demo on digits{' (quick mode)' if quick else ''}: "
+        f"{dataset.num_train} training / {dataset.num_test} test images of 8x8x1, 10 classes"
+    )
+
+    # 1. The source.
+    c = settings.base_channels
+    src_name = f"CIFAR ResNet-{settings.source_depth} ({c} base channels)"
+    dst_name = f"CIFAR ResNet-{settings.target_depth} ({c} base channels)"
+    source = CifarResNet(depth=settings.source_depth, base_channels=c, num_classes=10)
+    target = CifarResNet(depth=settings.target_depth, base_channels=c, num_classes=10)
+    src_vars, source_accuracy = _train_source(source, dataset, settings, src_name, log)
+
+    # 2. The transfer's matching.
+    start = time.perf_counter()
+    report = dj.match(src_vars, source, target, jax.random.key(0), sample_input=x0)
+    similarity = dj.similarity((source, src_vars), target, sample_input=x0)
+    (out / "match_report.txt").write_text(str(report) + "\n")
+    log(
+        f"\n2. DPIAT transfer into {dst_name} "
+        f"(similarity {similarity:.3f}, {time.perf_counter() - start:.1f}s):\n"
+    )
+    log(str(report))
+
+    # 3. One epoch of target training from both starts.
+    eval_at = _eval_steps(steps_per_epoch, settings.evals_per_epoch)
+    seed_list = list(range(seeds))
+    curves = _target_curves((source, src_vars, target), dataset, settings, seed_list, eval_at, log)
+
+    result = DemoResult(
+        source_accuracy=source_accuracy,
+        similarity=float(similarity),
+        report=report,
+        steps=[0, *eval_at],
+        steps_per_epoch=steps_per_epoch,
+        curves={k: np.asarray(v, dtype=np.float64) for k, v in curves.items()},
+        seeds=seed_list,
+        plot=str(out / "learning_curves.png"),
+        seconds=0.0,
+    )
+    _plot(Path(result.plot), result, _title(settings, seeds))
+    result.seconds = time.perf_counter() - t0
+    log(_final_message(result, seeds))
+    (out / "demo.json").write_text(_summary_json(result, settings, quick, (src_name, dst_name)))
     log(f"\nLearning curves: {result.plot} (total {result.seconds:.0f}s)")
     return result

@@ -30,22 +30,23 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpiat_jax.experiments.protocol import (
+from dpiat_jax.experiments.config import ExperimentConfig, effective_config
+from dpiat_jax.experiments.results import device_summary, mean_ratios, summarise_pairs, write_csv
+from dpiat_jax.experiments.results import format_number as fmt
+from dpiat_jax.experiments.runs import (
     DEFAULT_METHOD,
-    _device_summary,
-    _effective_config,
-    _fmt,
-    _load_run_cache,
-    _mean_ratios,
-    _setup,
-    _summarise,
-    _train_runs,
-    _write_csv,
+    Log,
+    Setup,
+    load_run_cache,
+    prepare,
+    train_runs,
 )
+from dpiat_jax.matchers import MATCHERS
+from dpiat_jax.tensors import TENSOR_RULES
 
 __all__ = [
     "BEATS_FACTOR",
@@ -65,10 +66,18 @@ default's at every ``E`` of the table, on every config of the table (:func:`beat
 def all_combinations(
     matchers: Sequence[str] | None = None, tensor_rules: Sequence[str] | None = None
 ) -> list[tuple[str, str]]:
-    """``matchers x tensor_rules`` (all registered ones by default), the default first."""
-    from dpiat_jax.matchers import MATCHERS
-    from dpiat_jax.tensors import TENSOR_RULES
+    """Return ``matchers x tensor_rules`` (all registered ones by default), the default first.
 
+    Args:
+      matchers: names in :data:`dpiat_jax.matchers.MATCHERS`; all when ``None``.
+      tensor_rules: names in :data:`dpiat_jax.tensors.TENSOR_RULES`; all when ``None``.
+
+    Returns:
+      The ``(matcher, tensor_rule)`` combinations.
+
+    Raises:
+      ValueError: for an unknown name.
+    """
     matchers = list(matchers or MATCHERS)
     tensor_rules = list(tensor_rules or TENSOR_RULES)
     for m in matchers:
@@ -85,7 +94,17 @@ def all_combinations(
 
 
 def parse_combinations(text: str) -> list[tuple[str, str]]:
-    """``"dp:clip,flat:clip"`` -> ``[("dp", "clip"), ("flat", "clip")]`` (validated)."""
+    """Return the combinations of a ``MATCHER:RULE`` list, validated and without repeats.
+
+    Args:
+      text: e.g. ``"dp:clip,flat:clip"`` (commas or spaces between items).
+
+    Returns:
+      E.g. ``[("dp", "clip"), ("flat", "clip")]``.
+
+    Raises:
+      ValueError: for an item without one colon or an unknown name.
+    """
     combos: list[tuple[str, str]] = []
     for item in text.replace(" ", ",").split(","):
         if not item:
@@ -118,7 +137,17 @@ class MethodsResult:
     files: dict[str, str]
 
 
+def _print(msg: str) -> None:
+    """The default progress printer: ``print`` with flush."""
+    print(msg, flush=True)
+
+
+def _silent(msg: str) -> None:
+    """A progress printer that prints nothing (``verbose=False``)."""
+
+
 def _machine() -> str:
+    """Return the machine, CPU model, core count, JAX devices and load, for the tables."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -131,51 +160,21 @@ def _machine() -> str:
         load = f", load average {os.getloadavg()[0]:.1f} at the start"
     except OSError:
         load = ""
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} CPU cores ({_device_summary()}){load}"
+    return f"{platform.machine()}, {cpu}, {os.cpu_count()} CPU cores ({device_summary()}){load}"
 
 
-def run_methods(
-    config,
-    out_dir: str | os.PathLike,
-    *,
-    combinations: Sequence[tuple[str, str]] | None = None,
-    methods_dir: str | os.PathLike = "results/methods",
-    repetitions: int | None = None,
-    epochs: Sequence[int] | None = None,
-    max_pairs: int | None = None,
-    quick: bool = False,
-    command: str | None = None,
-    note: str | None = None,
-    log: Callable[[str], None] | None = None,
-    verbose: bool = True,
-) -> MethodsResult:
-    """Runs the experiment protocol of ``config`` once per ``(matcher, tensor_rule)``.
+def _run_combinations(
+    setup: Setup, combos: Sequence[tuple[str, str]], log: Log, run_log: Log
+) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], dict[tuple[str, str], str], dict]:
+    """Train every combination's transfers (sharing ``runs.jsonl``) and summarise each.
 
-    Args:
-      config: A config path, shipped name, dict or ``ExperimentConfig``.
-      out_dir: The experiment's output folder, whose source checkpoints and run cache
-        (``runs.jsonl``) are reused and extended (``dpiat-jax experiment --out``).
-      combinations: The ``(matcher, tensor_rule)`` pairs (default: all of
-        :func:`all_combinations`); the default ``dp + clip`` is always added.
-      methods_dir: Where the tables go (``<config>.md``/``.csv``/``.json``, README.md).
-      repetitions, epochs, max_pairs, quick: As for ``run_experiment``.
-      command: The command line, recorded in the tables.
-      note: A remark recorded with the tables (e.g. why combinations were left out).
-      log: Progress printer (default: ``print`` with flush).
-      verbose: Log every training run, not only each combination's summary.
+    A combination that raises is recorded in the errors and left out; the grid goes on.
+
+    Returns:
+        ``(summaries, errors, seconds)``, each keyed by ``(matcher, tensor_rule)``.
     """
-    log = log or (lambda msg: print(msg, flush=True))
-    run_log = log if verbose else (lambda msg: None)
-    t0 = time.perf_counter()
-    machine = _machine()
-    combos = list(dict.fromkeys([DEFAULT_METHOD, *(combinations or all_combinations())]))
-    cfg = _effective_config(
-        config, repetitions=repetitions, epochs=epochs, max_pairs=max_pairs, quick=quick
-    )
-    setup = _setup(cfg, out_dir, log, write_config=not (Path(out_dir) / "config.json").exists())
-    cached = _load_run_cache(setup.out / "runs.jsonl", resume=True)
-    mean_ratio: dict[tuple[str, str], dict[int, float]] = {}
-    geomean_ratio: dict[tuple[str, str], dict[int, float]] = {}
+    cfg = setup.cfg
+    cached = load_run_cache(setup.out / "runs.jsonl", resume=True)
     summaries: dict[tuple[str, str], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, str], str] = {}
     seconds: dict[tuple[str, str], float] = {}
@@ -183,38 +182,39 @@ def run_methods(
         start = time.perf_counter()
         prefix = f"{cfg.name} {_label(method)} ({i}/{len(combos)}) "
         try:
-            runs = _train_runs(
+            runs = train_runs(
                 setup, cached, run_log, matcher=method[0], tensor_rule=method[1], prefix=prefix
             )
         except Exception as exc:  # noqa: BLE001 - one failing method must not stop the grid
             errors[method] = f"{type(exc).__name__}: {exc}"
             log(f"{prefix}FAILED: {errors[method]}")
             continue
-        summary = _summarise(cfg, runs)
-        summaries[method] = summary
-        mean_ratio[method], geomean_ratio[method] = _mean_ratios(summary, cfg.epochs)
+        summaries[method] = summarise_pairs(cfg, runs)
+        mean, geomean = mean_ratios(summaries[method], cfg.epochs)
         seconds[method] = time.perf_counter() - start
         log(
             f"{prefix}done in {seconds[method]:.0f}s: "
             + ", ".join(
-                f"E={e} mean ratio {_fmt(mean_ratio[method][e])} "
-                f"(geometric {_fmt(geomean_ratio[method][e])})"
-                for e in cfg.epochs
+                f"E={e} mean ratio {fmt(mean[e])} (geometric {fmt(geomean[e])})" for e in cfg.epochs
             )
         )
-    result = MethodsResult(
-        config_name=cfg.name,
-        epochs=tuple(cfg.epochs),
-        combinations=[c for c in combos if c in mean_ratio],
-        mean_ratio=mean_ratio,
-        geomean_ratio=geomean_ratio,
-        summaries=summaries,
-        errors=errors,
-        seconds=time.perf_counter() - t0,
-        files={},
-    )
-    mdir = Path(methods_dir)
-    mdir.mkdir(parents=True, exist_ok=True)
+    return summaries, errors, seconds
+
+
+def _write_tables(
+    result: MethodsResult,
+    cfg: ExperimentConfig,
+    mdir: Path,
+    info: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write ``<config>.csv``, ``_pairs.csv``, ``.json`` and ``.md`` of ``result`` into ``mdir``.
+
+    ``info`` holds what the record notes besides the numbers (``seconds_per_combination``,
+    ``machine``, ``command``, ``note``, ``out_dir``).
+
+    Returns:
+        The paths, by kind (``README.md`` included, written by the caller).
+    """
     files = {
         "markdown": mdir / f"{cfg.name}.md",
         "csv": mdir / f"{cfg.name}.csv",
@@ -222,13 +222,13 @@ def run_methods(
         "json": mdir / f"{cfg.name}.json",
         "readme": mdir / "README.md",
     }
-    _write_csv(files["csv"], _table_rows(result))
-    _write_csv(
+    write_csv(files["csv"], _table_rows(result))
+    write_csv(
         files["pairs_csv"],
         [
             {"matcher": m[0], "tensor_rule": m[1], **{k: v for k, v in r.items()}}
             for m in result.combinations
-            for r in summaries[m]
+            for r in result.summaries[m]
         ],
     )
     record = {
@@ -239,16 +239,87 @@ def run_methods(
         "epochs": list(cfg.epochs),
         "default": list(DEFAULT_METHOD),
         "rows": _table_rows(result),
-        "errors": {_label(m): msg for m, msg in errors.items()},
+        "errors": {_label(m): msg for m, msg in result.errors.items()},
         "seconds": result.seconds,
+        "seconds_per_combination": info["seconds_per_combination"],
+        "machine": info["machine"],
+        "command": info["command"],
+        "note": info["note"],
+        "out_dir": info["out_dir"],
+    }
+    files["json"].write_text(json.dumps(record, indent=1))
+    files["markdown"].write_text(_config_markdown(record, result))
+    return files
+
+
+def run_methods(
+    config: str | os.PathLike | Mapping[str, Any] | ExperimentConfig,
+    out_dir: str | os.PathLike,
+    *,
+    combinations: Sequence[tuple[str, str]] | None = None,
+    methods_dir: str | os.PathLike = "results/methods",
+    repetitions: int | None = None,
+    epochs: Sequence[int] | None = None,
+    max_pairs: int | None = None,
+    quick: bool = False,
+    command: str | None = None,
+    note: str | None = None,
+    log: Log | None = None,
+    verbose: bool = True,
+) -> MethodsResult:
+    """Run the experiment protocol of ``config`` once per ``(matcher, tensor_rule)``.
+
+    Args:
+      config: A config path, shipped name, dict or ``ExperimentConfig``.
+      out_dir: The experiment's output folder, whose source checkpoints and run cache
+        (``runs.jsonl``) are reused and extended (``dpiat-jax experiment --out``).
+      combinations: The ``(matcher, tensor_rule)`` pairs (default: all of
+        :func:`all_combinations`); the default ``dp + clip`` is always added.
+      methods_dir: Where the tables go (``<config>.md``/``.csv``/``.json``, README.md).
+      repetitions: As for ``run_experiment``.
+      epochs: As for ``run_experiment``.
+      max_pairs: As for ``run_experiment``.
+      quick: As for ``run_experiment``.
+      command: The command line, recorded in the tables.
+      note: A remark recorded with the tables (e.g. why combinations were left out).
+      log: Progress printer (default: ``print`` with flush).
+      verbose: Log every training run, not only each combination's summary.
+
+    Returns:
+      A :class:`MethodsResult` (its ``files`` are the tables written).
+    """
+    log = log or _print
+    run_log = log if verbose else _silent
+    t0 = time.perf_counter()
+    machine = _machine()
+    combos = list(dict.fromkeys([DEFAULT_METHOD, *(combinations or all_combinations())]))
+    cfg = effective_config(
+        config, repetitions=repetitions, epochs=epochs, max_pairs=max_pairs, quick=quick
+    )
+    setup = prepare(cfg, out_dir, log, write_config=not (Path(out_dir) / "config.json").exists())
+    summaries, errors, seconds = _run_combinations(setup, combos, log, run_log)
+    ratios = {m: mean_ratios(summary, cfg.epochs) for m, summary in summaries.items()}
+    result = MethodsResult(
+        config_name=cfg.name,
+        epochs=tuple(cfg.epochs),
+        combinations=[c for c in combos if c in summaries],
+        mean_ratio={m: r[0] for m, r in ratios.items()},
+        geomean_ratio={m: r[1] for m, r in ratios.items()},
+        summaries=summaries,
+        errors=errors,
+        seconds=time.perf_counter() - t0,
+        files={},
+    )
+    mdir = Path(methods_dir)
+    mdir.mkdir(parents=True, exist_ok=True)
+    info = {
         "seconds_per_combination": {_label(m): s for m, s in seconds.items()},
         "machine": machine,
         "command": command,
         "note": note,
         "out_dir": os.fspath(out_dir),
     }
-    files["json"].write_text(json.dumps(record, indent=1))
-    files["markdown"].write_text(_config_markdown(record, result))
+    files = _write_tables(result, cfg, mdir, info)
     readme = write_readme(mdir)
     result.files = {k: str(v) for k, v in files.items()}
     log(f"methods {cfg.name} done in {result.seconds / 60:.1f} min: {files['markdown']}")
@@ -304,9 +375,9 @@ def _config_markdown(record: Mapping[str, Any], result: MethodsResult) -> str:
         if row["default"]:
             name = f"**{name} (default)**"
         cells = [
-            f"{_fmt(row[f'mean_ratio_E{e}'])} ({_fmt(row[f'geomean_ratio_E{e}'])})" for e in epochs
+            f"{fmt(row[f'mean_ratio_E{e}'])} ({fmt(row[f'geomean_ratio_E{e}'])})" for e in epochs
         ]
-        cells += [_fmt(row[f"relative_to_default_E{e}"]) for e in epochs]
+        cells += [fmt(row[f"relative_to_default_E{e}"]) for e in epochs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if record["errors"]:
         lines += ["", "Failed combinations (left out):", ""]
@@ -323,35 +394,47 @@ def _config_markdown(record: Mapping[str, Any], result: MethodsResult) -> str:
                 by_index = {r["index"]: r["ratio"] for r in result.summaries[m] if r["epochs"] == e}
                 name = _label(m) + (" (default)" if m == DEFAULT_METHOD else "")
                 lines.append(
-                    f"| {name} | " + " | ".join(_fmt(by_index[k], 2) for k, _ in pairs) + " |"
+                    f"| {name} | " + " | ".join(fmt(by_index[k], 2) for k, _ in pairs) + " |"
                 )
     lines.append("")
     return "\n".join(lines)
 
 
-def beats(candidate: Mapping[int, float], default: Mapping[int, float], epochs) -> bool:
-    """Whether ``candidate``'s mean ratio is >= ``BEATS_FACTOR`` x ``default``'s at every
-    ``E`` in ``epochs`` (one config; :func:`write_readme` requires it on every config)."""
+def beats(
+    candidate: Mapping[int, float], default: Mapping[int, float], epochs: Sequence[int]
+) -> bool:
+    """Return whether ``candidate`` beats ``default`` on one config.
+
+    :func:`write_readme` requires it on every config.
+
+    Args:
+      candidate: ``E -> mean ratio`` of a combination.
+      default: ``E -> mean ratio`` of the default.
+      epochs: the ``E`` values compared.
+
+    Returns:
+      Whether the candidate's mean ratio is >= :data:`BEATS_FACTOR` x the default's at
+      every ``E``.
+    """
     return all(candidate[e] >= BEATS_FACTOR * default[e] for e in epochs)
 
 
-def write_readme(methods_dir: str | os.PathLike) -> dict[str, Any]:
-    """Writes ``methods_dir/README.md`` from every ``<config>.json`` there: the tables side
-    by side, the commands, machines and wall times, and the verdict on the default.
-
-    Returns ``{"conclusion": str, "winners": [(matcher, tensor_rule), ...]}``.
-    """
-    mdir = Path(methods_dir)
+def _read_records(mdir: Path) -> list[dict[str, Any]]:
+    """Return the ``<config>.json`` records of ``mdir`` (other JSON files are skipped)."""
     records = []
     for path in sorted(mdir.glob("*.json")):
         rec = json.loads(path.read_text())
         if isinstance(rec, dict) and "rows" in rec and "config" in rec:
             records.append(rec)
-    tables = {
-        rec["config"]: {(r["matcher"], r["tensor_rule"]): r for r in rec["rows"]} for rec in records
-    }
-    combos = list(dict.fromkeys(m for t in tables.values() for m in t))
-    everywhere = [m for m in combos if all(m in t for t in tables.values())]
+    return records
+
+
+def _winners(
+    records: list[dict[str, Any]],
+    tables: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]],
+    everywhere: Sequence[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """Return the combinations (run on every config) that beat the default on every config."""
     winners: list[tuple[str, str]] = []
     for m in everywhere:
         if m == DEFAULT_METHOD:
@@ -367,6 +450,11 @@ def write_readme(methods_dir: str | os.PathLike) -> dict[str, Any]:
             ok = ok and beats(cand, base, rec["epochs"])
         if ok:
             winners.append(m)
+    return winners
+
+
+def _conclusion(records: list[dict[str, Any]], winners: list[tuple[str, str]]) -> str:
+    """Return the README's verdict on the default, stating the rule it applied."""
     names = ", ".join(f"`{r['config']}`" for r in records)
     rule = (
         f"a combination *beats* the default ({_label(DEFAULT_METHOD)}) when its mean ratio "
@@ -374,17 +462,96 @@ def write_readme(methods_dir: str | os.PathLike) -> dict[str, Any]:
         f"ratio at that E, on every config ({names})"
     )
     if not records:
-        conclusion = "No methods tables yet."
-    elif winners:
-        conclusion = (
+        return "No methods tables yet."
+    if winners:
+        return (
             f"Conclusion ({rule}): {', '.join(_label(m) for m in winners)} beat(s) the "
             "default on every config."
         )
-    else:
-        conclusion = (
-            f"Conclusion ({rule}): no combination beats the default on every config, so "
-            f"{_label(DEFAULT_METHOD)} stays the default of `transfer` and `match`."
-        )
+    return (
+        f"Conclusion ({rule}): no combination beats the default on every config, so "
+        f"{_label(DEFAULT_METHOD)} stays the default of `transfer` and `match`."
+    )
+
+
+def _readme_table(
+    records: list[dict[str, Any]],
+    tables: Mapping[str, Mapping[tuple[str, str], Mapping[str, Any]]],
+    combos: Sequence[tuple[str, str]],
+    winners: Sequence[tuple[str, str]],
+) -> list[str]:
+    """Return the lines of the side-by-side table: one row per combination."""
+    head = " | ".join(f"{r['config']} E = {e}" for r in records for e in r["epochs"])
+    lines = [f"| matcher + tensor rule | {head} |"]
+    lines += ["|---|" + "---|" * sum(len(r["epochs"]) for r in records)]
+    for m in combos:
+        name = _label(m)
+        if m == DEFAULT_METHOD:
+            name = f"**{name} (default)**"
+        elif m in winners:
+            name = f"{name} (beats the default)"
+        cells = []
+        for r in records:
+            row = tables[r["config"]].get(m)
+            for e in r["epochs"]:
+                cells.append(
+                    "-"
+                    if row is None
+                    else f"{fmt(row[f'mean_ratio_E{e}'])} ({fmt(row[f'geomean_ratio_E{e}'])})"
+                )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _readme_runs(
+    records: list[dict[str, Any]],
+    combos: Sequence[tuple[str, str]],
+    everywhere: Sequence[tuple[str, str]],
+) -> list[str]:
+    """Return the lines of the README's "Runs" section (commands, machines, wall times)."""
+    lines = ["", "## Runs", ""]
+    for r in records:
+        lines += [
+            f"- `{r['config']}`: {r['pairs']} pairs, {r['repetitions']} seeds, E in "
+            f"{r['epochs']}, {len(r['rows'])} combinations; wall time "
+            f"{r['seconds'] / 60:.1f} min on {r['machine']}",
+            f"  - command: `{r.get('command') or 'n/a'}`",
+        ]
+        if r.get("note"):
+            lines.append(f"  - note: {r['note']}")
+        if r["errors"]:
+            lines.append(f"  - failed (left out): {', '.join(r['errors'])}")
+    missing = [m for m in combos if m not in everywhere]
+    if missing:
+        lines += [
+            "",
+            "Combinations not run on every config (not eligible to replace the "
+            "default): " + ", ".join(_label(m) for m in missing) + ".",
+        ]
+    return lines
+
+
+def write_readme(methods_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``methods_dir/README.md`` from every ``<config>.json`` there.
+
+    The README puts the tables side by side, lists the commands, machines and wall times,
+    and gives the verdict on the default (:func:`beats` on every config).
+
+    Args:
+        methods_dir: the folder of the per-config tables.
+
+    Returns:
+        ``{"conclusion": str, "winners": [(matcher, tensor_rule), ...]}``.
+    """
+    mdir = Path(methods_dir)
+    records = _read_records(mdir)
+    tables = {
+        rec["config"]: {(r["matcher"], r["tensor_rule"]): r for r in rec["rows"]} for rec in records
+    }
+    combos = list(dict.fromkeys(m for t in tables.values() for m in t))
+    everywhere = [m for m in combos if all(m in t for t in tables.values())]
+    winners = _winners(records, tables, everywhere)
+    conclusion = _conclusion(records, winners)
     lines = [
         "# Methods table: matcher x tensor rule",
         "",
@@ -400,44 +567,8 @@ def write_readme(methods_dir: str | os.PathLike) -> dict[str, Any]:
         "",
     ]
     if records:
-        head = " | ".join(f"{r['config']} E = {e}" for r in records for e in r["epochs"])
-        lines += [f"| matcher + tensor rule | {head} |"]
-        lines += ["|---|" + "---|" * sum(len(r["epochs"]) for r in records)]
-        for m in combos:
-            name = _label(m)
-            if m == DEFAULT_METHOD:
-                name = f"**{name} (default)**"
-            elif m in winners:
-                name = f"{name} (beats the default)"
-            cells = []
-            for r in records:
-                row = tables[r["config"]].get(m)
-                for e in r["epochs"]:
-                    cells.append(
-                        "-"
-                        if row is None
-                        else f"{_fmt(row[f'mean_ratio_E{e}'])} ({_fmt(row[f'geomean_ratio_E{e}'])})"
-                    )
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "## Runs", ""]
-        for r in records:
-            lines += [
-                f"- `{r['config']}`: {r['pairs']} pairs, {r['repetitions']} seeds, E in "
-                f"{r['epochs']}, {len(r['rows'])} combinations; wall time "
-                f"{r['seconds'] / 60:.1f} min on {r['machine']}",
-                f"  - command: `{r.get('command') or 'n/a'}`",
-            ]
-            if r.get("note"):
-                lines.append(f"  - note: {r['note']}")
-            if r["errors"]:
-                lines.append(f"  - failed (left out): {', '.join(r['errors'])}")
-        missing = [m for m in combos if m not in everywhere]
-        if missing:
-            lines += [
-                "",
-                "Combinations not run on every config (not eligible to replace the "
-                "default): " + ", ".join(_label(m) for m in missing) + ".",
-            ]
+        lines += _readme_table(records, tables, combos, winners)
+        lines += _readme_runs(records, combos, everywhere)
     lines += ["", "## Conclusion", "", conclusion, ""]
     (mdir / "README.md").write_text("\n".join(lines))
     return {"conclusion": conclusion, "winners": winners}

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from dpiat_jax.experiments.data import Dataset, batches
+from dpiat_jax.types import Variables
 
 __all__ = [
     "EpochRecord",
@@ -43,8 +44,6 @@ __all__ = [
     "train_epoch",
     "train_step",
 ]
-
-Variables = Mapping[str, Any]
 
 
 class TrainState(train_state.TrainState):
@@ -137,6 +136,11 @@ def train_step(
     ``fold_in(state.dropout_key, state.step)``, so a step is a pure function of
     the state and the batch.
 
+    Args:
+      state: the train state.
+      x: the batch's inputs.
+      y: the batch's integer labels.
+
     Returns:
       ``(new_state, metrics)`` where ``metrics`` holds the batch's summed
       ``"loss"``, number of ``"correct"`` predictions and example ``"count"``
@@ -166,6 +170,12 @@ def eval_step(
 
     ``weights`` (1 for real examples, 0 for padding) lets :func:`evaluate` pad the
     last batch to a fixed size, so evaluation compiles once.
+
+    Args:
+      state: the train state.
+      x: the batch's inputs.
+      y: the batch's integer labels.
+      weights: 1 for real examples, 0 for padding.
 
     Returns:
       Weighted sums ``{"loss", "correct", "count"}`` as in :func:`train_step`.
@@ -362,6 +372,53 @@ def make_optimizer(
 _DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 
 
+def _default_optimizer(
+    optimizer: str, learning_rate: float | None, steps: int, weight_decay: float, schedule: str
+) -> optax.GradientTransformation:
+    """Return :func:`make_optimizer`'s optimiser, ``learning_rate=None`` meaning the default.
+
+    Raises:
+        ValueError: for an optimiser without a default learning rate.
+    """
+    optimizer = optimizer.lower()
+    if learning_rate is None:
+        if optimizer not in _DEFAULT_LR:
+            raise ValueError(f"Unknown optimizer {optimizer!r}; use 'sgd' or 'adam'.")
+        learning_rate = _DEFAULT_LR[optimizer]
+    return make_optimizer(
+        optimizer, learning_rate, steps, weight_decay=weight_decay, schedule=schedule
+    )
+
+
+def _fit_epoch(
+    state: TrainState,
+    dataset: Dataset,
+    epoch: int,
+    batch_sizes: tuple[int, int],
+    rng: np.random.Generator,
+    augmentation: tuple[bool, bool],
+    evaluate_now: bool,
+) -> tuple[TrainState, EpochRecord]:
+    """Train one epoch (and evaluate when ``evaluate_now``); return the state and record."""
+    start = time.perf_counter()
+    augment, flip = augmentation
+    state, train_metrics = train_epoch(
+        state, dataset, batch_sizes[0], rng, augment=augment, flip=flip
+    )
+    test_metrics = {"loss": None, "accuracy": None}
+    if evaluate_now:
+        test_metrics = evaluate(state, dataset.x_test, dataset.y_test, batch_sizes[1])
+    record = EpochRecord(
+        epoch=epoch,
+        train_loss=train_metrics["loss"],
+        train_accuracy=train_metrics["accuracy"],
+        test_loss=test_metrics["loss"],
+        test_accuracy=test_metrics["accuracy"],
+        seconds=time.perf_counter() - start,
+    )
+    return state, record
+
+
 def fit(
     module: nn.Module,
     variables: Variables,
@@ -411,41 +468,20 @@ def fit(
       ``(variables, history)``: the trained variables (same collections as the
       input) and a :class:`History` of :class:`EpochRecord`.
     """
+    # tqdm is imported here so that the checkpoint functions need only the [cli] extra.
     from tqdm.auto import tqdm
 
     if tx is None:
-        steps_per_epoch = max(dataset.num_train // batch_size, 1)
-        optimizer = optimizer.lower()
-        if learning_rate is None:
-            if optimizer not in _DEFAULT_LR:
-                raise ValueError(f"Unknown optimizer {optimizer!r}; use 'sgd' or 'adam'.")
-            learning_rate = _DEFAULT_LR[optimizer]
-        tx = make_optimizer(
-            optimizer,
-            learning_rate,
-            epochs * steps_per_epoch,
-            weight_decay=weight_decay,
-            schedule=schedule,
-        )
+        steps = epochs * max(dataset.num_train // batch_size, 1)
+        tx = _default_optimizer(optimizer, learning_rate, steps, weight_decay, schedule)
     state = create_train_state(module, variables, tx, seed=seed)
     rng = np.random.default_rng(seed)
     records = []
     bar = tqdm(range(1, epochs + 1), desc=f"fit {dataset.name}", disable=not progress, unit="ep")
     for epoch in bar:
-        start = time.perf_counter()
-        state, train_metrics = train_epoch(
-            state, dataset, batch_size, rng, augment=augment, flip=flip
-        )
-        test_metrics = {"loss": None, "accuracy": None}
-        if eval_every_epoch or epoch == epochs:
-            test_metrics = evaluate(state, dataset.x_test, dataset.y_test, eval_batch_size)
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=train_metrics["loss"],
-            train_accuracy=train_metrics["accuracy"],
-            test_loss=test_metrics["loss"],
-            test_accuracy=test_metrics["accuracy"],
-            seconds=time.perf_counter() - start,
+        evaluate_now = eval_every_epoch or epoch == epochs
+        state, record = _fit_epoch(
+            state, dataset, epoch, (batch_size, eval_batch_size), rng, (augment, flip), evaluate_now
         )
         records.append(record)
         postfix = {"loss": f"{record.train_loss:.4f}", "acc": f"{record.train_accuracy:.3f}"}
@@ -467,6 +503,10 @@ def save_checkpoint(path: str | os.PathLike, tree: Any) -> str:
     ``path`` is made absolute (Orbax requires it) and overwritten if it exists.
     Non-array fields of a ``TrainState`` (``apply_fn``, ``tx``) are static and
     not saved; restore with a target to get them back. Blocks until written.
+
+    Args:
+      path: the checkpoint directory.
+      tree: what to save.
 
     Returns:
       The absolute checkpoint directory.

@@ -20,6 +20,7 @@ import flax.linen as nn
 from dpiat_jax.models.cifar_resnet import BasicBlock as CifarBasicBlock
 from dpiat_jax.models.cifar_resnet import CifarResNet
 from dpiat_jax.models.cnn1d import CNN1D
+from dpiat_jax.models.common import make_divisible
 from dpiat_jax.models.efficientnet import (
     EFFICIENTNET_PARAMS,
     EfficientNet,
@@ -31,7 +32,7 @@ from dpiat_jax.models.efficientnet import (
 )
 from dpiat_jax.models.mlp import MLP
 from dpiat_jax.models.mnasnet import MnasInvertedResidual, MNASNet
-from dpiat_jax.models.mobilenet_v2 import InvertedResidual, MobileNetV2, make_divisible
+from dpiat_jax.models.mobilenet_v2 import InvertedResidual, MobileNetV2
 from dpiat_jax.models.resnet import RESNET_STAGES, BasicBlock, Bottleneck, ResNet, resnet
 from dpiat_jax.models.vgg import VGG, VGG_CONFIGS
 from dpiat_jax.models.vit import EncoderBlock, ViT
@@ -70,10 +71,23 @@ MODELS: dict[str, Callable[..., nn.Module]] = _build_registry()
 """Named model configurations: ``MODELS[name](**overrides)`` returns an unbound module."""
 
 
-def get_model(name: str, **overrides) -> nn.Module:
+def get_model(name: str, **overrides: object) -> nn.Module:
     """Return the model registered as ``name``, with fields in ``overrides`` replaced.
 
-    Raises ``ValueError`` listing the valid names when ``name`` is unknown.
+    Args:
+        name: a key of :data:`MODELS`.
+        **overrides: fields of the model's dataclass to replace.
+
+    Returns:
+        An unbound linen module.
+
+    Raises:
+        ValueError: listing the valid names when ``name`` is unknown.
+
+    Example:
+        >>> model = get_model("cifar_resnet20", num_classes=100)
+        >>> type(model).__name__, model.depth, model.num_classes
+        ('CifarResNet', 20, 100)
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")

@@ -11,10 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# torchvision / PyTorch BatchNorm defaults: momentum 0.1 (Flax: 1 - 0.1), eps 1e-5.
-_BN_MOMENTUM = 0.9
-_BN_EPS = 1e-5
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from dpiat_jax.models.common import batch_norm, conv
 
 
 class BasicBlock(nn.Module):
@@ -23,6 +20,19 @@ class BasicBlock(nn.Module):
     Returns the block output ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``. The
     shortcut is a 1x1 convolution followed by batch norm whenever the stride or the channel
     count changes (option B of the ResNet paper), and the identity otherwise.
+
+    Attributes:
+        features: output channels of both convolutions.
+        strides: stride of the first convolution and of the projection.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = BasicBlock(8, strides=2)
+        >>> variables = block.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 4)))
+        >>> sorted(variables["params"])
+        ['bn1', 'bn2', 'conv1', 'conv2', 'shortcut_bn', 'shortcut_conv']
+        >>> block.apply(variables, jnp.ones((1, 8, 8, 4))).shape
+        (1, 4, 4, 8)
     """
 
     features: int
@@ -30,42 +40,15 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block output for ``x`` ``(batch, height, width, channels)``."""
         needs_projection = self.strides != 1 or x.shape[-1] != self.features
-        s = (self.strides, self.strides)
-        y = nn.Conv(
-            self.features,
-            (3, 3),
-            s,
-            padding=1,
-            use_bias=False,
-            kernel_init=_CONV_INIT,
-            name="conv1",
-        )(x)
-        y = nn.BatchNorm(
-            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name="bn1"
-        )(y)
-        y = nn.relu(y)
-        y = nn.Conv(
-            self.features, (3, 3), padding=1, use_bias=False, kernel_init=_CONV_INIT, name="conv2"
-        )(y)
-        y = nn.BatchNorm(
-            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name="bn2"
-        )(y)
+        y = conv(self.features, 3, self.strides, name="conv1")(x)
+        y = nn.relu(batch_norm(train, "bn1")(y))
+        y = conv(self.features, 3, name="conv2")(y)
+        y = batch_norm(train, "bn2")(y)
         if needs_projection:
-            x = nn.Conv(
-                self.features,
-                (1, 1),
-                s,
-                use_bias=False,
-                kernel_init=_CONV_INIT,
-                name="shortcut_conv",
-            )(x)
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=_BN_MOMENTUM,
-                epsilon=_BN_EPS,
-                name="shortcut_bn",
-            )(x)
+            x = conv(self.features, 1, self.strides, name="shortcut_conv")(x)
+            x = batch_norm(train, "shortcut_bn")(x)
         return nn.relu(y + x)
 
 
@@ -78,6 +61,19 @@ class CifarResNet(nn.Module):
 
     Returns logits of shape ``(batch, num_classes)``. Works with any spatial size, since the
     head uses global average pooling.
+
+    Attributes:
+        depth: ``6n + 2`` layers.
+        width: multiplier of every channel count.
+        num_classes: outputs of the classifier.
+        base_channels: channels of the first stage at ``width = 1``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = CifarResNet(depth=8, base_channels=4, num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+        >>> model.apply(variables, jnp.zeros((2, 8, 8, 3))).shape
+        (2, 3)
     """
 
     depth: int = 20
@@ -87,17 +83,13 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for images ``(batch, height, width, 3)``."""
         if (self.depth - 2) % 6 != 0 or self.depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {self.depth}")
         n = (self.depth - 2) // 6
         c = self.base_channels * self.width
-        x = nn.Conv(c, (3, 3), padding=1, use_bias=False, kernel_init=_CONV_INIT, name="stem_conv")(
-            x
-        )
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name="stem_bn"
-        )(x)
-        x = nn.relu(x)
+        x = conv(c, 3, name="stem_conv")(x)
+        x = nn.relu(batch_norm(train, "stem_bn")(x))
         for stage, mult in enumerate((1, 2, 4), start=1):
             for i in range(n):
                 strides = 2 if (stage > 1 and i == 0) else 1

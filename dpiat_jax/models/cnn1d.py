@@ -18,6 +18,19 @@ class CNN1D(nn.Module):
 
     Accepts ``(batch, length)`` (a channel axis is added) or ``(batch, length, channels)``.
     Returns logits ``(batch, num_classes)``.
+
+    Attributes:
+        channels: widths of the convolutions.
+        kernel_size: length of every kernel.
+        strides: stride of every convolution.
+        num_classes: outputs of the classifier.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = CNN1D(channels=(4, 4), num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 40)))
+        >>> model.apply(variables, jnp.zeros((2, 40))).shape
+        (2, 3)
     """
 
     channels: Sequence[int] = (32, 32, 32)
@@ -27,6 +40,7 @@ class CNN1D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for ``(batch, length[, channels])``."""
         if x.ndim == 2:
             x = x[..., None]
         p = (self.kernel_size - 1) // 2

@@ -14,6 +14,18 @@ class MLP(nn.Module):
     Inputs of any rank are flattened to ``(batch, features)`` first, so images work too.
     Dropout modules exist only when ``dropout_rate > 0``. Returns logits
     ``(batch, num_classes)``.
+
+    Attributes:
+        hidden_sizes: widths of the hidden layers.
+        num_classes: outputs of the classifier.
+        dropout_rate: dropout after every hidden layer during training.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = MLP(hidden_sizes=(8,), num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4)))
+        >>> sorted(variables["params"]), model.apply(variables, jnp.zeros((2, 4, 4))).shape
+        (['dense0', 'head'], (2, 3))
     """
 
     hidden_sizes: Sequence[int] = (256, 256)
@@ -22,6 +34,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for inputs ``(batch, ...)``."""
         x = x.reshape((x.shape[0], -1))
         for i, h in enumerate(self.hidden_sizes):
             x = nn.relu(nn.Dense(h, name=f"dense{i}")(x))

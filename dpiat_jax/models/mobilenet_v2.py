@@ -14,9 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-_BN_EPS = 1e-5
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from dpiat_jax.models.common import batch_norm_factory, conv_norm_act, make_divisible
 
 MOBILENET_V2_SETTING: tuple[tuple[int, int, int, int], ...] = (
     # expand ratio t, output channels c, repeats n, first stride s
@@ -31,47 +29,26 @@ MOBILENET_V2_SETTING: tuple[tuple[int, int, int, int], ...] = (
 """The (t, c, n, s) table of the MobileNetV2 paper."""
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` without losing more than 10%.
-
-    This is the channel rounding rule of the TensorFlow/torchvision MobileNet and EfficientNet
-    code; it is needed for parameter counts equal to the published models.
-    """
-    min_value = divisor if min_value is None else min_value
-    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return new_value
-
-
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    """Return a BatchNorm with PyTorch's default momentum and epsilon."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name=name
-    )
-
-
-def _conv(features: int, kernel: int, strides: int, name: str, groups: int = 1) -> nn.Conv:
-    """Return a bias-free square conv with symmetric padding ``(kernel - 1) // 2``."""
-    p = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        (strides, strides),
-        padding=((p, p), (p, p)),
-        feature_group_count=groups,
-        use_bias=False,
-        kernel_init=_CONV_INIT,
-        name=name,
-    )
-
-
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: [1x1 expand-BN-ReLU6] - 3x3 depthwise-BN-ReLU6 - 1x1 project-BN.
 
     The expansion conv is omitted when ``expand_ratio == 1``. The residual connection is used
     when the stride is 1 and input and output widths match. Returns the block output (linear,
     no activation after the projection).
+
+    Attributes:
+        features: output channels.
+        strides: stride of the depthwise convolution.
+        expand_ratio: width of the expanded representation over the input width.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = InvertedResidual(8, strides=2)
+        >>> variables = block.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 4)))
+        >>> sorted(variables["params"])
+        ['dw_bn', 'dw_conv', 'expand_bn', 'expand_conv', 'project_bn', 'project_conv']
+        >>> block.apply(variables, jnp.ones((1, 8, 8, 4))).shape
+        (1, 4, 4, 8)
     """
 
     features: int
@@ -80,16 +57,17 @@ class InvertedResidual(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block output for ``x`` ``(batch, height, width, channels)``."""
+        norm = batch_norm_factory(train)
         in_features = x.shape[-1]
         hidden = int(round(in_features * self.expand_ratio))
         y = x
         if self.expand_ratio != 1:
-            y = _conv(hidden, 1, 1, "expand_conv")(y)
-            y = nn.relu6(_bn(train, "expand_bn")(y))
-        y = _conv(hidden, 3, self.strides, "dw_conv", groups=hidden)(y)
-        y = nn.relu6(_bn(train, "dw_bn")(y))
-        y = _conv(self.features, 1, 1, "project_conv")(y)
-        y = _bn(train, "project_bn")(y)
+            y = conv_norm_act(y, hidden, 1, name="expand", norm=norm, activation=nn.relu6)
+        y = conv_norm_act(
+            y, hidden, 3, self.strides, name="dw", norm=norm, activation=nn.relu6, groups=hidden
+        )
+        y = conv_norm_act(y, self.features, 1, name="project", norm=norm)
         if self.strides == 1 and in_features == self.features:
             y = y + x
         return y
@@ -101,6 +79,20 @@ class MobileNetV2(nn.Module):
     ``width_mult`` scales every width (rounded to multiples of 8; the last conv never shrinks
     below 1280). ``setting`` is the (t, c, n, s) table. Returns logits ``(batch,
     num_classes)``.
+
+    Attributes:
+        num_classes: outputs of the classifier.
+        width_mult: multiplier of every width.
+        dropout_rate: dropout before the classifier during training.
+        setting: the ``(t, c, n, s)`` rows of the stages.
+        round_nearest: widths are rounded to multiples of this.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = MobileNetV2(num_classes=3, width_mult=0.25, setting=((1, 16, 1, 1),))
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+        >>> model.apply(variables, jnp.zeros((2, 8, 8, 3))).shape
+        (2, 3)
     """
 
     num_classes: int = 1000
@@ -111,18 +103,18 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for images ``(batch, height, width, 3)``."""
+        norm = batch_norm_factory(train)
         input_channels = make_divisible(32 * self.width_mult, self.round_nearest)
         last_channels = make_divisible(1280 * max(1.0, self.width_mult), self.round_nearest)
-        x = _conv(input_channels, 3, 2, "stem_conv")(x)
-        x = nn.relu6(_bn(train, "stem_bn")(x))
+        x = conv_norm_act(x, input_channels, 3, 2, name="stem", norm=norm, activation=nn.relu6)
         for stage, (t, c, n, s) in enumerate(self.setting, start=1):
             out = make_divisible(c * self.width_mult, self.round_nearest)
             for i in range(n):
                 x = InvertedResidual(out, s if i == 0 else 1, t, name=f"stage{stage}_block{i}")(
                     x, train
                 )
-        x = _conv(last_channels, 1, 1, "last_conv")(x)
-        x = nn.relu6(_bn(train, "last_bn")(x))
+        x = conv_norm_act(x, last_channels, 1, name="last", norm=norm, activation=nn.relu6)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(x)
         return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="head")(x)

@@ -14,30 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-_BN_EPS = 1e-5
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    """Return a torchvision-equivalent BatchNorm (momentum 0.1, eps 1e-5) named ``name``."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name=name
-    )
-
-
-def _conv(features: int, kernel: int, strides: int, name: str) -> nn.Conv:
-    """Return a bias-free square convolution with torchvision padding ``(kernel - 1) // 2``."""
-    p = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        (strides, strides),
-        padding=((p, p), (p, p)),
-        use_bias=False,
-        kernel_init=_CONV_INIT,
-        name=name,
-    )
+from dpiat_jax.models.common import batch_norm, conv
 
 
 class BasicBlock(nn.Module):
@@ -46,6 +23,20 @@ class BasicBlock(nn.Module):
     ``features`` is the block's output width (expansion 1). A 1x1 conv + BN projection
     (torchvision's ``downsample``) is used when the stride or width changes. Returns the
     block output.
+
+    Attributes:
+        features: width of the block.
+        strides: stride of the first convolution and of the projection.
+        expansion: output width over ``features`` (1).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = BasicBlock(8, strides=2)
+        >>> variables = block.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 4)))
+        >>> sorted(variables["params"])
+        ['bn1', 'bn2', 'conv1', 'conv2', 'shortcut_bn', 'shortcut_conv']
+        >>> block.apply(variables, jnp.ones((1, 8, 8, 4))).shape
+        (1, 4, 4, 8)
     """
 
     features: int
@@ -54,14 +45,15 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block output for ``x`` ``(batch, height, width, channels)``."""
         out_features = self.features * self.expansion
-        y = _conv(self.features, 3, self.strides, "conv1")(x)
-        y = nn.relu(_bn(train, "bn1")(y))
-        y = _conv(self.features, 3, 1, "conv2")(y)
-        y = _bn(train, "bn2")(y)
+        y = conv(self.features, 3, self.strides, name="conv1")(x)
+        y = nn.relu(batch_norm(train, "bn1")(y))
+        y = conv(self.features, 3, 1, name="conv2")(y)
+        y = batch_norm(train, "bn2")(y)
         if self.strides != 1 or x.shape[-1] != out_features:
-            x = _conv(out_features, 1, self.strides, "shortcut_conv")(x)
-            x = _bn(train, "shortcut_bn")(x)
+            x = conv(out_features, 1, self.strides, name="shortcut_conv")(x)
+            x = batch_norm(train, "shortcut_bn")(x)
         return nn.relu(y + x)
 
 
@@ -71,6 +63,20 @@ class Bottleneck(nn.Module):
     ``features`` is the bottleneck width; the output has ``features * expansion`` channels.
     A 1x1 conv + BN projection shortcut is used when the stride or width changes. Returns the
     block output.
+
+    Attributes:
+        features: bottleneck width.
+        strides: stride of the 3x3 convolution and of the projection.
+        expansion: output width over ``features`` (4).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = Bottleneck(4)
+        >>> variables = block.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 16)))
+        >>> sorted(variables["params"])
+        ['bn1', 'bn2', 'bn3', 'conv1', 'conv2', 'conv3']
+        >>> block.apply(variables, jnp.ones((1, 8, 8, 16))).shape
+        (1, 8, 8, 16)
     """
 
     features: int
@@ -79,16 +85,17 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block output for ``x`` ``(batch, height, width, channels)``."""
         out_features = self.features * self.expansion
-        y = _conv(self.features, 1, 1, "conv1")(x)
-        y = nn.relu(_bn(train, "bn1")(y))
-        y = _conv(self.features, 3, self.strides, "conv2")(y)
-        y = nn.relu(_bn(train, "bn2")(y))
-        y = _conv(out_features, 1, 1, "conv3")(y)
-        y = _bn(train, "bn3")(y)
+        y = conv(self.features, 1, 1, name="conv1")(x)
+        y = nn.relu(batch_norm(train, "bn1")(y))
+        y = conv(self.features, 3, self.strides, name="conv2")(y)
+        y = nn.relu(batch_norm(train, "bn2")(y))
+        y = conv(out_features, 1, 1, name="conv3")(y)
+        y = batch_norm(train, "bn3")(y)
         if self.strides != 1 or x.shape[-1] != out_features:
-            x = _conv(out_features, 1, self.strides, "shortcut_conv")(x)
-            x = _bn(train, "shortcut_bn")(x)
+            x = conv(out_features, 1, self.strides, name="shortcut_conv")(x)
+            x = batch_norm(train, "shortcut_bn")(x)
         return nn.relu(y + x)
 
 
@@ -111,6 +118,19 @@ class ResNet(nn.Module):
     or ``"bottleneck"``); stage ``i`` has ``width * 2**i`` base channels (64 by default) and
     stages 2-4 start with stride 2. Returns logits ``(batch, num_classes)``; global average
     pooling makes any input size of at least 32x32 work.
+
+    Attributes:
+        stage_sizes: number of blocks of each stage.
+        block: ``"basic"`` or ``"bottleneck"``.
+        num_classes: outputs of the classifier.
+        width: base channels of the first stage.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = ResNet(stage_sizes=(1,), width=4, num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+        >>> model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape
+        (2, 3)
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -120,11 +140,12 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for images ``(batch, height, width, 3)``."""
         if self.block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {self.block!r}")
         block_cls = _BLOCKS[self.block]
-        x = _conv(self.width, 7, 2, "stem_conv")(x)
-        x = nn.relu(_bn(train, "stem_bn")(x))
+        x = conv(self.width, 7, 2, name="stem_conv")(x)
+        x = nn.relu(batch_norm(train, "stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, n_blocks in enumerate(self.stage_sizes):
             for i in range(n_blocks):
@@ -139,7 +160,20 @@ class ResNet(nn.Module):
 def resnet(depth: int, **kwargs) -> ResNet:
     """Return the standard ResNet of the given depth (18, 34, 50, 101 or 152).
 
-    ``kwargs`` override any field, including ``stage_sizes`` and ``block``.
+    Args:
+        depth: one of the keys of :data:`RESNET_STAGES`.
+        **kwargs: override any field, including ``stage_sizes`` and ``block``.
+
+    Returns:
+        An unbound :class:`ResNet`.
+
+    Raises:
+        ValueError: for a depth without a standard layout.
+
+    Example:
+        >>> model = resnet(50, num_classes=10)
+        >>> model.block, tuple(model.stage_sizes), model.num_classes
+        ('bottleneck', (3, 4, 6, 3), 10)
     """
     if depth not in RESNET_STAGES:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")

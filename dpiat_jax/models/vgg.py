@@ -13,9 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-_BN_EPS = 1e-5
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from dpiat_jax.models.common import batch_norm, conv
 
 # fmt: off
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -36,6 +34,21 @@ class VGG(nn.Module):
     ``hidden`` Dense+ReLU(+dropout) layers and a Dense classifier; global pooling (instead of
     torchvision's 7x7 flatten) keeps it usable at any input size. Returns logits
     ``(batch, num_classes)``.
+
+    Attributes:
+        cfg: channel counts and ``"M"`` pools (see :data:`VGG_CONFIGS`).
+        batch_norm: whether a BatchNorm follows every conv.
+        hidden: widths of the hidden Dense layers of the head.
+        dropout_rate: dropout after every hidden Dense layer during training.
+        width: multiplier of every conv width.
+        num_classes: outputs of the classifier.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = VGG(cfg=(8, "M", 16), hidden=(8,), num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+        >>> model.apply(variables, jnp.zeros((2, 8, 8, 3))).shape
+        (2, 3)
     """
 
     cfg: Sequence[int | str] = VGG_CONFIGS["vgg11"]
@@ -47,22 +60,16 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for images ``(batch, height, width, C)``."""
         conv_id = 0
         for entry in self.cfg:
             if entry == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 continue
             features = max(1, int(round(int(entry) * self.width)))
-            x = nn.Conv(features, (3, 3), padding=1, kernel_init=_CONV_INIT, name=f"conv{conv_id}")(
-                x
-            )
+            x = conv(features, 3, name=f"conv{conv_id}", use_bias=True)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=_BN_MOMENTUM,
-                    epsilon=_BN_EPS,
-                    name=f"bn{conv_id}",
-                )(x)
+                x = batch_norm(train, f"bn{conv_id}")(x)
             x = nn.relu(x)
             conv_id += 1
         x = jnp.mean(x, axis=(1, 2))

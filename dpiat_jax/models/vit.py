@@ -18,6 +18,20 @@ class EncoderBlock(nn.Module):
 
     The MLP is Dense(``mlp_dim``)-GELU-Dense(width). Dropout modules exist only when
     ``dropout_rate > 0``. Returns a tensor of the input's shape ``(batch, tokens, width)``.
+
+    Attributes:
+        num_heads: attention heads.
+        mlp_dim: hidden width of the MLP.
+        dropout_rate: dropout after attention and after the MLP during training.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = EncoderBlock(num_heads=2, mlp_dim=16)
+        >>> variables = block.init(jax.random.PRNGKey(0), jnp.ones((1, 5, 8)))
+        >>> sorted(variables["params"])
+        ['attn', 'ln1', 'ln2', 'mlp_fc1', 'mlp_fc2']
+        >>> block.apply(variables, jnp.ones((1, 5, 8))).shape
+        (1, 5, 8)
     """
 
     num_heads: int
@@ -26,6 +40,7 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block output for tokens ``x`` ``(batch, tokens, width)``."""
         dim = x.shape[-1]
         y = nn.LayerNorm(name="ln1")(x)
         y = nn.MultiHeadDotProductAttention(
@@ -50,6 +65,24 @@ class ViT(nn.Module):
     (both ``self.param`` of this module, sized from the input at init, so apply at the
     resolution used for init); ``depth`` blocks with ``num_heads`` heads follow, then a final
     LayerNorm and a Dense head on the class token. Returns logits ``(batch, num_classes)``.
+
+    Attributes:
+        patch_size: side of the square patches.
+        dim: token width.
+        depth: number of encoder blocks.
+        num_heads: attention heads of every block.
+        mlp_dim: hidden width of every block's MLP.
+        dropout_rate: dropout of the embedding and inside the blocks during training.
+        num_classes: outputs of the classifier.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = ViT(patch_size=4, dim=8, depth=1, num_heads=2, mlp_dim=16, num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+        >>> variables["params"]["pos_embedding"].shape
+        (1, 5, 8)
+        >>> model.apply(variables, jnp.zeros((2, 8, 8, 3))).shape
+        (2, 3)
     """
 
     patch_size: int = 4
@@ -62,6 +95,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for images ``(batch, height, width, C)``."""
         p = self.patch_size
         x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(x)
         n, h, w, c = x.shape

@@ -11,9 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-_BN_EPS = 1e-5
-_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from dpiat_jax.models.common import batch_norm, conv
 
 
 class WideBasicBlock(nn.Module):
@@ -23,6 +21,20 @@ class WideBasicBlock(nn.Module):
     input (as in the reference implementation); otherwise it is the identity. Dropout (between
     the two convolutions) is only created when ``dropout_rate > 0``. Returns the block output
     (not activated: the next block or the final BN-ReLU does that).
+
+    Attributes:
+        features: output channels.
+        strides: stride of the first convolution and of the projection.
+        dropout_rate: dropout between the convolutions during training.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> block = WideBasicBlock(8, strides=2)
+        >>> variables = block.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 4)))
+        >>> sorted(variables["params"])
+        ['bn1', 'bn2', 'conv1', 'conv2', 'shortcut_conv']
+        >>> block.apply(variables, jnp.ones((1, 8, 8, 4))).shape
+        (1, 4, 4, 8)
     """
 
     features: int
@@ -31,39 +43,16 @@ class WideBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return the block output for ``x`` ``(batch, height, width, channels)``."""
         projection = self.strides != 1 or x.shape[-1] != self.features
-        s = (self.strides, self.strides)
-        a = nn.BatchNorm(
-            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name="bn1"
-        )(x)
-        a = nn.relu(a)
-        y = nn.Conv(
-            self.features,
-            (3, 3),
-            s,
-            padding=1,
-            use_bias=False,
-            kernel_init=_CONV_INIT,
-            name="conv1",
-        )(a)
-        y = nn.BatchNorm(
-            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name="bn2"
-        )(y)
-        y = nn.relu(y)
+        a = nn.relu(batch_norm(train, "bn1")(x))
+        y = conv(self.features, 3, self.strides, name="conv1")(a)
+        y = nn.relu(batch_norm(train, "bn2")(y))
         if self.dropout_rate > 0:
             y = nn.Dropout(self.dropout_rate, deterministic=not train, name="dropout")(y)
-        y = nn.Conv(
-            self.features, (3, 3), padding=1, use_bias=False, kernel_init=_CONV_INIT, name="conv2"
-        )(y)
+        y = conv(self.features, 3, name="conv2")(y)
         if projection:
-            x = nn.Conv(
-                self.features,
-                (1, 1),
-                s,
-                use_bias=False,
-                kernel_init=_CONV_INIT,
-                name="shortcut_conv",
-            )(a)
+            x = conv(self.features, 1, self.strides, name="shortcut_conv")(a)
         return y + x
 
 
@@ -73,6 +62,19 @@ class WideResNet(nn.Module):
     Layout: 3x3 stem conv (16 channels), three groups of pre-activation blocks (stride 2 at the
     start of groups 2 and 3), final BN-ReLU, global average pooling, Dense. Returns logits
     ``(batch, num_classes)``.
+
+    Attributes:
+        depth: ``6n + 4`` layers.
+        widen_factor: ``k``, the multiplier of the group widths 16, 32 and 64.
+        dropout_rate: dropout inside every block during training.
+        num_classes: outputs of the classifier.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> model = WideResNet(depth=10, widen_factor=1, num_classes=3)
+        >>> variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+        >>> model.apply(variables, jnp.zeros((2, 8, 8, 3))).shape
+        (2, 3)
     """
 
     depth: int = 28
@@ -82,12 +84,11 @@ class WideResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Return logits ``(batch, num_classes)`` for images ``(batch, height, width, 3)``."""
         if (self.depth - 4) % 6 != 0 or self.depth < 10:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {self.depth}")
         n = (self.depth - 4) // 6
-        x = nn.Conv(
-            16, (3, 3), padding=1, use_bias=False, kernel_init=_CONV_INIT, name="stem_conv"
-        )(x)
+        x = conv(16, 3, name="stem_conv")(x)
         for group, base in enumerate((16, 32, 64), start=1):
             for i in range(n):
                 strides = 2 if (group > 1 and i == 0) else 1
@@ -97,9 +98,6 @@ class WideResNet(nn.Module):
                     self.dropout_rate,
                     name=f"stage{group}_block{i}",
                 )(x, train)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, name="final_bn"
-        )(x)
-        x = nn.relu(x)
+        x = nn.relu(batch_norm(train, "final_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x)
