@@ -64,6 +64,7 @@ __all__ = [
     "uniform",
     "uniform_indices",
     "centre_slices",
+    "place",
     "channel_norms",
     "positional_grid",
     "is_positional_embedding",
@@ -210,8 +211,43 @@ def clip(src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
     piece = src if src.dtype == dst.dtype else src.astype(dst.dtype)
     if piece.shape == tuple(dst.shape):
         return piece
-    offsets = [sl.start or 0 for sl in dst_slices]
-    return lax.dynamic_update_slice(jnp.asarray(dst), piece, offsets)
+    return place(piece, dst, [sl.start or 0 for sl in dst_slices])
+
+
+def place(piece: jax.Array, dst: jax.Array, offsets: Sequence[int]) -> jax.Array:
+    """Returns ``dst`` with ``piece`` written at ``offsets`` (static), as one select.
+
+    Written as ``where(inside, pad(piece), dst)`` rather than a dynamic update slice: XLA
+    then fuses the target's fresh init, the padding and the select into one parallel
+    loop, instead of materialising the init and updating it afterwards (2-3x slower on
+    CPU for a freshly initialised target).
+
+    Args:
+      piece: the values to write, of ``dst``'s rank and dtype, no larger than ``dst``.
+      dst: the array to write into.
+      offsets: where ``piece`` starts along each dimension.
+
+    Returns:
+      A new array of ``dst``'s shape and dtype.
+
+    >>> import jax.numpy as jnp
+    >>> place(jnp.ones(2), jnp.zeros(4), [1])
+    Array([0., 1., 1., 0.], dtype=float32)
+    """
+    dst = jnp.asarray(dst)
+    piece = jnp.asarray(piece).astype(dst.dtype)
+    if piece.shape == dst.shape:
+        return piece
+    padding = [(o, d - o - p, 0) for o, p, d in zip(offsets, piece.shape, dst.shape, strict=True)]
+    inside = None
+    for axis, (lo, hi, _) in enumerate(padding):
+        if lo == 0 and hi == 0:
+            continue
+        index = lax.broadcasted_iota(jnp.int32, dst.shape, axis)
+        axis_inside = (index >= lo) & (index < dst.shape[axis] - hi)
+        inside = axis_inside if inside is None else inside & axis_inside
+    padded = lax.pad(piece, jnp.zeros((), dst.dtype), padding)
+    return jnp.where(inside, padded, dst)
 
 
 def _check_ranks(name: str, src: jax.Array, dst: jax.Array) -> None:
@@ -230,10 +266,7 @@ def _as_key(rng: RuleRng) -> PRNGKey:
 
 def _place(src: jax.Array, dst: jax.Array, dst_slices: tuple) -> jax.Array:
     """Writes ``src`` (already cut to the covered region) into ``dst`` at ``dst_slices``."""
-    piece = jnp.asarray(src).astype(dst.dtype)
-    if piece.shape == tuple(dst.shape):
-        return piece
-    return jnp.asarray(dst).at[dst_slices].set(piece)
+    return place(src, dst, [sl.start or 0 for sl in dst_slices])
 
 
 def _top_channels(src: jax.Array, axis: int, keep: int) -> jax.Array:
