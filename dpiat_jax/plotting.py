@@ -32,11 +32,28 @@ if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
 
     from dpiat_jax.matching import MatchReport
 
-__all__ = ["plot_report", "LABEL_LIMIT", "PAIRS_GID"]
+__all__ = [
+    "plot_report",
+    "thinned_ticks",
+    "LABEL_LIMIT",
+    "THINNED_LABELS",
+    "NEAR_ZERO",
+    "PAIRS_GID",
+]
 
 LABEL_LIMIT = 60
 """Axes with fewer positions than this get one tick label per layer (its name) when
-``annotate`` is left automatic; longer axes get sparse numeric ticks."""
+``annotate`` is left automatic; longer axes get thinned labels (see
+:data:`THINNED_LABELS`)."""
+
+THINNED_LABELS = 20
+"""At most this many labels on an axis of :data:`LABEL_LIMIT` positions or more (with
+``annotate`` automatic): every ``ceil(n / THINNED_LABELS)``-th layer, labelled with its
+index and name, so a 100-layer model stays readable."""
+
+NEAR_ZERO = 0.2
+"""Pairs scoring below this are drawn with a dark outline: their colours are the palest
+of the colour map and would otherwise vanish against the background."""
 
 PAIRS_GID = "dpiat-pairs"
 """The ``gid`` of the scatter collection holding the matched pairs (one point per pair,
@@ -111,14 +128,39 @@ def _marker_size(ax: Axes, n_x: int, n_y: int) -> float:
     return float(np.clip((0.8 * cell) ** 2, 4.0, 150.0))
 
 
-def _auto_figsize(n_x: int, n_y: int, names_x: bool, names_y: bool) -> tuple[float, float]:
-    """Room for one label per position on a labelled axis; a fixed size otherwise."""
+def _auto_figsize(n_x: int, n_y: int, names_x: str, names_y: str) -> tuple[float, float]:
+    """Room for one label per position on a fully labelled axis; a fixed size otherwise
+    (with a margin for names when thinned)."""
     per = 0.15  # inches per labelled position
-    width = n_x * per + 1.5 if names_x else 7.0
-    height = n_y * per + 1.0 if names_y else 7.0
-    width += 2.5 if names_y else 1.0  # y tick labels, colour bar
-    height += 2.0 if names_x else 1.0  # x tick labels, title
+    width = n_x * per + 1.5 if names_x == "all" else 7.0
+    height = n_y * per + 1.0 if names_y == "all" else 7.0
+    width += 2.5 if names_y != "numeric" else 1.0  # y tick labels, colour bar
+    height += 2.0 if names_x != "numeric" else 1.0  # x tick labels, title
     return min(max(6.0, width), 16.0), min(max(5.0, height), 16.0)
+
+
+def _labelling(n: int, annotate: bool | None) -> str:
+    """``"all"`` (every name), ``"thinned"`` (every k-th) or ``"numeric"`` ticks."""
+    if annotate is None:
+        return "all" if n < LABEL_LIMIT else "thinned"
+    return "all" if annotate else "numeric"
+
+
+def thinned_ticks(n: int) -> list[int]:
+    """Return the positions :func:`plot_report` labels on a long axis.
+
+    Args:
+      n: the number of positions (layers and placeholders) on the axis.
+
+    Returns:
+      Every ``ceil(n / THINNED_LABELS)``-th position from 0: at most
+      :data:`THINNED_LABELS` of them.
+
+    Example:
+        >>> len(thinned_ticks(120)), thinned_ticks(120)[:3]
+        (20, [0, 6, 12])
+    """
+    return list(range(0, n, max(1, math.ceil(n / THINNED_LABELS))))
 
 
 def _shade_bands(ax: Axes, ranges: list[tuple[int, int]], vertical: bool) -> None:
@@ -192,11 +234,15 @@ def _outline_block_pairs(
     return len(rects)
 
 
-def _label_axis(ax: Axes, leaves: list, axis: str, names: bool, fontsize: float) -> None:
+def _label_axis(ax: Axes, leaves: list, axis: str, names: str, fontsize: float) -> None:
     n = len(leaves)
-    if names:
-        ticks = np.arange(n)
-        labels = [leaf.name for leaf in leaves]
+    if names != "numeric":
+        ticks = np.arange(n) if names == "all" else np.array(thinned_ticks(n), dtype=int)
+        if names == "all":
+            labels = [leaf.name for leaf in leaves]
+        else:
+            labels = [f"{i} {leaves[i].name}" for i in ticks]
+        leaves = [leaves[i] for i in ticks]
         if axis == "x":
             ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize)
             tick_labels = ax.get_xticklabels()
@@ -333,15 +379,19 @@ def _draw_placeholders(ax: Axes, src_leaves: list, dst_leaves: list) -> bool:
 
 
 def _label_axes(
-    ax: Axes, src_leaves: list, dst_leaves: list, names: tuple[bool, bool], unmatched: set
+    ax: Axes, src_leaves: list, dst_leaves: list, names: tuple[str, str], unmatched: set
 ) -> None:
-    """Label both axes (names or sparse indices); unmatched target names in red."""
+    """Label both axes (names, thinned names or sparse indices); unmatched target names
+    in red."""
     n_src, n_dst = len(src_leaves), len(dst_leaves)
     fontsize = 7.0 if max(n_src, n_dst) < 40 else 6.0
     _label_axis(ax, src_leaves, "x", names[0], fontsize)
     _label_axis(ax, dst_leaves, "y", names[1], fontsize)
-    if names[1]:
-        for leaf, text in zip(dst_leaves, ax.get_yticklabels()):
+    if names[1] != "numeric":
+        labelled = (
+            dst_leaves if names[1] == "all" else [dst_leaves[i] for i in thinned_ticks(n_dst)]
+        )
+        for leaf, text in zip(labelled, ax.get_yticklabels()):
             if leaf.name in unmatched:
                 text.set_color(_UNMATCHED_COLOR)
     ax.tick_params(length=2, pad=2)
@@ -363,7 +413,9 @@ def _colorbar(fig: Figure, ax: Axes, cmap: str) -> Any:
 def _draw_pairs(
     ax: Axes, xs: np.ndarray, ys: np.ndarray, scores: np.ndarray, mappable: Any, size: float
 ) -> None:
-    """Draw the matched pairs as squares coloured by score (gid :data:`PAIRS_GID`)."""
+    """Draw the matched pairs as squares coloured by score (gid :data:`PAIRS_GID`); those
+    below :data:`NEAR_ZERO` get a dark outline whatever the marker size."""
+    edge = 0.4 if size > 16 else 0.0
     pairs = ax.scatter(
         xs,
         ys,
@@ -372,7 +424,7 @@ def _draw_pairs(
         norm=mappable.norm,
         s=size,
         marker="s",
-        linewidths=0.4 if size > 16 else 0.0,
+        linewidths=np.where(np.asarray(scores) < NEAR_ZERO, max(edge, 0.6), edge),
         edgecolors="black",
         zorder=3,
     )
@@ -443,9 +495,9 @@ def plot_report(
         None saves nothing.
       ax: draw into this existing axes instead of a new figure (its figure is
         returned; a colour bar is added beside it).
-      annotate: True labels every tick with the layer's name, False uses sparse
-        numeric ticks (layer indices); None (default) labels an axis with names when
-        it has fewer than :data:`LABEL_LIMIT` positions.
+      annotate: True names every tick, False uses sparse numeric ticks; None
+        (default) names all below :data:`LABEL_LIMIT` positions, else every k-th
+        (:func:`thinned_ticks`). Pairs below :data:`NEAR_ZERO` are outlined.
       cmap: the colormap of the layer scores (0 to 1); the default ``"viridis_r"``
         draws exact shape matches dark and weak ones light.
       figsize: figure size in inches for a new figure; by default it grows with the
@@ -476,7 +528,7 @@ def plot_report(
     src_index, dst_index = _index_of(src_leaves, "source"), _index_of(dst_leaves, "target")
     n_src, n_dst = len(src_leaves), len(dst_leaves)
     xs, ys, scores = _pair_positions(report, src_index, dst_index)
-    names = tuple((n < LABEL_LIMIT) if annotate is None else bool(annotate) for n in (n_src, n_dst))
+    names = (_labelling(n_src, annotate), _labelling(n_dst, annotate))
     fig, ax = _grid_axes(ax, figsize or _auto_figsize(n_src, n_dst, *names), dpi, n_src, n_dst)
     bands, n_outlined = _draw_blocks(ax, src_tree, dst_tree, xs, ys)
     placeholders = _draw_placeholders(ax, src_leaves, dst_leaves)

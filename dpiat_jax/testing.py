@@ -14,7 +14,11 @@
 - a dense layer called twice (weight sharing); submodules defined in ``setup`` as lists
   and called in another order than defined (up to twelve, so ``dense_10`` sorts
   before ``dense_2``);
-- some layers with ``bfloat16`` parameters.
+- some layers with ``bfloat16`` parameters;
+- linen transforms and combinators: a block under ``nn.remat`` (:class:`RematOp`) and
+  an ``nn.Sequential`` of dense layers and activations (:class:`SequentialOp`).
+  ``nn.scan``, ``nn.vmap``, fused projections and weight tying across modules are not
+  drawn yet (the real-world models issue adds them to the library first).
 
 An architecture is described by an :class:`ArchConfig`, a frozen (hashable) dataclass
 tree of operations, held by the :class:`RandomNet` module as its one field; the config
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -47,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
+
+from dpiat_jax.types import ArrayTree, PRNGKey, Shape
 
 __all__ = [
     "ConvOp",
@@ -60,8 +67,13 @@ __all__ = [
     "ParamOp",
     "TiedOp",
     "SetupOp",
+    "RematOp",
+    "SequentialOp",
     "ArchConfig",
     "RandomNet",
+    "INITS",
+    "fast_init",
+    "output_shape",
     "random_config",
     "random_architecture",
     "random_input",
@@ -75,6 +87,7 @@ __all__ = [
 WIDTHS = (4, 8, 12, 16, 24, 32, 48, 64)
 FUNCTIONS = ("relu", "gelu", "silu", "tanh", "avg_pool", "max_pool", "identity")
 NORMS = ("batch", "layer", "group", "rms")
+INITS = ("flax", "fast")
 
 
 # ----------------------------------------------------------------------------------
@@ -243,6 +256,33 @@ class SetupOp:
     reverse: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class RematOp:
+    """A nested :class:`Block` under ``nn.remat`` (rematerialised in the backward pass;
+    the module is named ``CheckpointBlock_<n>``).
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (RematOp((DenseOp(4), NormOp("rms"))),), 0))
+        2
+    """
+
+    body: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SequentialOp:
+    """An ``nn.Sequential`` of dense layers (``features``), each followed by an
+    activation; the dense layers belong to the calling module.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (SequentialOp((8, 4)),), num_classes=0))
+        2
+    """
+
+    features: tuple = (8,)
+    activation: str = "relu"
+
+
 Op = Union[  # noqa: UP007 - a runtime alias
     ConvOp,
     DenseOp,
@@ -252,18 +292,22 @@ Op = Union[  # noqa: UP007 - a runtime alias
     AttentionOp,
     TiedOp,
     SetupOp,
+    SequentialOp,
     BlockOp,
     ResidualOp,
     ParamOp,
+    RematOp,
 ]
-CONTAINERS = (BlockOp, ResidualOp, ParamOp)
+CONTAINERS = (BlockOp, ResidualOp, ParamOp, RematOp)
 
 
 @dataclasses.dataclass(frozen=True)
 class ArchConfig:
     """A whole architecture: its input shape ``(N, H, W, C)``, the operations of its
     body and the classifier (global mean pooling and a dense layer; none when
-    ``num_classes`` is 0).
+    ``num_classes`` is 0), and its layers' ``initializers`` (see ``INITS``): ``"flax"``,
+    the layers' own (random, from the init's key), or ``"fast"``, :func:`fast_init`'s
+    fixed values, which compile many times faster (the structure is the same).
 
     Example:
         >>> config = ArchConfig((1, 8, 8, 3), (ConvOp(8), NormOp("batch")), num_classes=10)
@@ -274,6 +318,7 @@ class ArchConfig:
     input_shape: tuple[int, ...]
     body: tuple = ()
     num_classes: int = 10
+    initializers: str = "flax"
 
 
 # ----------------------------------------------------------------------------------
@@ -314,6 +359,66 @@ class Fn(nn.Module):
         return _function(self.fn, x)
 
 
+def fast_init(seed: int, scale: float = 0.5) -> Callable[..., jax.Array]:
+    """Return an initializer of fixed pseudo-random values that ignores its key.
+
+    The values are drawn on the host by NumPy from ``seed`` (uniform over
+    ``[-scale, scale)``), so a compiled init holds them as constants. A flax initializer
+    that draws from its key makes the compiled init derive one key per variable
+    (``fold_in`` chains) and generate the values on the device, which dominates compile
+    time on CPU; with this one an init compiles some twenty times faster, which is what
+    lets the random-architecture fuzz run hundreds of pairs
+    (``ArchConfig(initializers="fast")``).
+
+    Args:
+      seed: distinguishes layers of the same shape.
+      scale: half the width of the value range.
+
+    Returns:
+      A function ``(key, shape, dtype=float32) -> array``, as ``flax.linen.initializers``.
+
+    Example:
+        >>> import jax
+        >>> init = fast_init(1)
+        >>> a = init(jax.random.key(0), (2, 3))
+        >>> bool((a == init(jax.random.key(5), (2, 3))).all()), bool((abs(a) <= 0.5).all())
+        (True, True)
+    """
+
+    def init(key: PRNGKey, shape: Shape, dtype: Any = jnp.float32) -> jax.Array:
+        del key  # the point: no key derivation to compile
+        values = np.random.default_rng(seed).uniform(-scale, scale, tuple(shape))
+        return jnp.asarray(values.astype(jnp.dtype(dtype)))  # converted on the host
+
+    return init
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every operation of a body needs: the mode, the initializers, and where it
+    is (the calling module's path and the operation's position, which seeds
+    :func:`fast_init`)."""
+
+    train: bool
+    initializers: str
+    where: str
+
+    def at(self, i: int) -> _Context:
+        return dataclasses.replace(self, where=f"{self.where}/{i}")
+
+    def inits(self, *names: str) -> dict[str, Callable[..., jax.Array]]:
+        """``{name: fast initializer}`` for "fast", else ``{}`` (flax's defaults)."""
+        if self.initializers == "flax":
+            return {}
+        if self.initializers != "fast":
+            raise ValueError(f"Unknown initializers {self.initializers!r}; use one of {INITS}.")
+        return {n: fast_init(zlib.crc32(f"{self.where}:{n}".encode())) for n in names}
+
+
+def _context(module: nn.Module, train: bool, initializers: str) -> _Context:
+    return _Context(train, initializers, "/".join(module.scope.path))
+
+
 def _norm(op: NormOp, channels: int, train: bool) -> nn.Module:
     if op.kind == "batch":
         return nn.BatchNorm(use_running_average=not train)
@@ -326,11 +431,13 @@ def _norm(op: NormOp, channels: int, train: bool) -> nn.Module:
     raise ValueError(f"Unknown norm kind {op.kind!r}; use one of {NORMS}.")
 
 
-def _attention(op: AttentionOp, x: jax.Array) -> jax.Array:
+def _attention(op: AttentionOp, x: jax.Array, ctx: _Context) -> jax.Array:
     n, h, w, c = x.shape
     tokens = x.reshape(n, h * w, c)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=op.num_heads, qkv_features=op.num_heads * op.head_dim
+        num_heads=op.num_heads,
+        qkv_features=op.num_heads * op.head_dim,
+        **ctx.inits("kernel_init", "out_kernel_init"),
     )(tokens)
     return x + y.reshape(x.shape)
 
@@ -346,31 +453,46 @@ class TokenMixer(nn.Module):
     """
 
     op: AttentionOp
+    initializers: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _attention(self.op, x)
+        return _attention(self.op, x, _context(self, False, self.initializers))
 
 
-def _apply(op: Op, x: jax.Array, train: bool) -> jax.Array:
+def _conv(op: ConvOp, x: jax.Array, ctx: _Context) -> jax.Array:
+    c = x.shape[-1]
+    if op.depthwise:
+        groups, features = c, c
+    else:
+        groups, features = math.gcd(max(op.groups, 1), c, op.features), op.features
+    return nn.Conv(
+        features,
+        (op.kernel, op.kernel),
+        strides=(op.strides, op.strides),
+        feature_group_count=groups,
+        use_bias=op.use_bias,
+        param_dtype=_dtype(op.param_dtype),
+        **ctx.inits("kernel_init"),
+    )(x)
+
+
+def _sequential(op: SequentialOp, x: jax.Array, ctx: _Context) -> jax.Array:
+    layers: list[Callable[[jax.Array], jax.Array]] = []
+    for i, f in enumerate(op.features):
+        layers += [nn.Dense(f, **ctx.at(i).inits("kernel_init")), getattr(nn, op.activation)]
+    return nn.Sequential(layers)(x)
+
+
+def _apply(op: Op, x: jax.Array, ctx: _Context) -> jax.Array:
     """Runs one operation; must be called inside a compact method (submodules created
     here belong to the calling module)."""
-    c = x.shape[-1]
+    c, train, inits = x.shape[-1], ctx.train, ctx.initializers
     if isinstance(op, ConvOp):
-        if op.depthwise:
-            groups, features = c, c
-        else:
-            groups, features = math.gcd(max(op.groups, 1), c, op.features), op.features
-        return nn.Conv(
-            features,
-            (op.kernel, op.kernel),
-            strides=(op.strides, op.strides),
-            feature_group_count=groups,
-            use_bias=op.use_bias,
-            param_dtype=_dtype(op.param_dtype),
-        )(x)
+        return _conv(op, x, ctx)
     if isinstance(op, DenseOp):
-        return nn.Dense(op.features, use_bias=op.use_bias, param_dtype=_dtype(op.param_dtype))(x)
+        dtype, inits = _dtype(op.param_dtype), ctx.inits("kernel_init")
+        return nn.Dense(op.features, use_bias=op.use_bias, param_dtype=dtype, **inits)(x)
     if isinstance(op, NormOp):
         return _norm(op, c, train)(x)
     if isinstance(op, DropoutOp):
@@ -378,24 +500,28 @@ def _apply(op: Op, x: jax.Array, train: bool) -> jax.Array:
     if isinstance(op, FnOp):
         return Fn(op.fn)(x) if op.as_module else _function(op.fn, x)
     if isinstance(op, AttentionOp):
-        return TokenMixer(op)(x) if op.wrapped else _attention(op, x)
+        return TokenMixer(op, inits)(x) if op.wrapped else _attention(op, x, ctx)
     if isinstance(op, TiedOp):
-        dense = nn.Dense(c, use_bias=op.use_bias)
+        dense = nn.Dense(c, use_bias=op.use_bias, **ctx.inits("kernel_init"))
         return dense(nn.relu(dense(x)))
     if isinstance(op, SetupOp):
-        return SetupStack(op.features, op.reverse)(x)
+        return SetupStack(op.features, op.reverse, inits)(x)
+    if isinstance(op, SequentialOp):
+        return _sequential(op, x, ctx)
     if isinstance(op, BlockOp):
-        return Block(op.body)(x, train)
+        return Block(op.body, inits)(x, train)
+    if isinstance(op, RematOp):  # ``train`` (argument 2, after self and x) stays static
+        return nn.remat(Block, static_argnums=(2,))(op.body, inits)(x, train)
     if isinstance(op, ResidualOp):
-        return Residual(op.body, op.shortcut_norm, op.shortcut_first)(x, train)
+        return Residual(op.body, op.shortcut_norm, op.shortcut_first, inits)(x, train)
     if isinstance(op, ParamOp):
-        return ParamOwner(op.body, op.kind)(x, train)
+        return ParamOwner(op.body, op.kind, inits)(x, train)
     raise TypeError(f"Unknown operation {op!r}.")
 
 
-def _apply_all(ops: Sequence[Op], x: jax.Array, train: bool) -> jax.Array:
-    for op in ops:
-        x = _apply(op, x, train)
+def _apply_all(ops: Sequence[Op], x: jax.Array, ctx: _Context) -> jax.Array:
+    for i, op in enumerate(ops):
+        x = _apply(op, x, ctx.at(i))
     return x
 
 
@@ -411,9 +537,12 @@ class SetupStack(nn.Module):
 
     features: tuple
     reverse: bool = False
+    initializers: str = "flax"
 
     def setup(self) -> None:
-        self.dense = [nn.Dense(f) for f in self.features]
+        ctx = _context(self, False, self.initializers)
+        features = enumerate(self.features)
+        self.dense = [nn.Dense(f, **ctx.at(i).inits("kernel_init")) for i, f in features]
         self.norm = [nn.LayerNorm() for _ in self.features]
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -434,10 +563,11 @@ class Block(nn.Module):
     """
 
     body: tuple
+    initializers: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return _apply_all(self.body, x, train)
+        return _apply_all(self.body, x, _context(self, train, self.initializers))
 
 
 class Residual(nn.Module):
@@ -453,24 +583,27 @@ class Residual(nn.Module):
     body: tuple
     shortcut_norm: str | None = "batch"
     shortcut_first: bool = False
+    initializers: str = "flax"
 
-    def _shortcut(self, x: jax.Array, out_shape: tuple, train: bool) -> jax.Array:
+    def _shortcut(self, x: jax.Array, out_shape: tuple, ctx: _Context) -> jax.Array:
         if tuple(x.shape) == tuple(out_shape):
             return x
         stride = max(1, x.shape[1] // out_shape[1])
-        x = nn.Conv(out_shape[-1], (1, 1), strides=(stride, stride), use_bias=False)(x)
+        inits = ctx.at(-1).inits("kernel_init")
+        x = nn.Conv(out_shape[-1], (1, 1), strides=(stride, stride), use_bias=False, **inits)(x)
         if self.shortcut_norm:
-            x = _norm(NormOp(self.shortcut_norm), out_shape[-1], train)(x)
+            x = _norm(NormOp(self.shortcut_norm), out_shape[-1], ctx.train)(x)
         return x
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        ctx = _context(self, train, self.initializers)
         if self.shortcut_first:  # the shortcut's layers come first in call order
-            channels, size = _out_shape(BlockOp(self.body), x.shape[-1], x.shape[1])
-            shortcut = self._shortcut(x, (x.shape[0], size, size, channels), train)
-            return _apply_all(self.body, x, train) + shortcut
-        y = _apply_all(self.body, x, train)
-        return y + self._shortcut(x, y.shape, train)
+            channels, size = output_shape(BlockOp(self.body), x.shape[-1], x.shape[1])
+            shortcut = self._shortcut(x, (x.shape[0], size, size, channels), ctx)
+            return _apply_all(self.body, x, ctx) + shortcut
+        y = _apply_all(self.body, x, ctx)
+        return y + self._shortcut(x, y.shape, ctx)
 
 
 class ParamOwner(nn.Module):
@@ -485,13 +618,16 @@ class ParamOwner(nn.Module):
 
     body: tuple
     kind: str = "scale"
+    initializers: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        ctx = _context(self, train, self.initializers)
         if self.kind == "pos":
-            pos = self.param("pos_embedding", nn.initializers.normal(0.02), x.shape[1:])
-            return _apply_all(self.body, x + pos, train)
-        y = _apply_all(self.body, x, train)
+            init = ctx.inits("pos").get("pos", nn.initializers.normal(0.02))
+            pos = self.param("pos_embedding", init, x.shape[1:])
+            return _apply_all(self.body, x + pos, ctx)
+        y = _apply_all(self.body, x, ctx)
         gamma = self.param("gamma", nn.initializers.constant(0.1), (y.shape[-1],))
         return y * gamma
 
@@ -512,9 +648,11 @@ class RandomNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = _apply_all(self.config.body, x, train)
+        ctx = _context(self, train, self.config.initializers)
+        x = _apply_all(self.config.body, x, ctx)
         if self.config.num_classes:
-            x = nn.Dense(self.config.num_classes)(x.mean(axis=(1, 2)))
+            inits = ctx.at(-1).inits("kernel_init")
+            x = nn.Dense(self.config.num_classes, **inits)(x.mean(axis=(1, 2)))
         return x
 
 
@@ -553,8 +691,8 @@ class _Drawer:
     def leaf(self, s: _State) -> Op:
         r = self.rng
         kinds = ["conv", "dense", "norm", "dropout", "fn", "attention", "param_leaf", "tied"]
-        kinds.append("setup")
-        weights = [30, 8, 22, 5, 12, 4, 3, 2, 2]
+        kinds += ["setup", "sequential"]
+        weights = [30, 8, 22, 5, 12, 4, 3, 2, 2, 3]
         kind = r.choice(kinds, p=np.array(weights) / sum(weights))
         if kind == "conv":
             strides = 2 if self.pool and s.size >= 4 and r.random() < 0.15 else 1
@@ -601,19 +739,27 @@ class _Drawer:
             n = int(r.choice([2, 3, 12]))
             features = tuple(self.width(s.channels) for _ in range(n))
             op = SetupOp(features, bool(r.random() < 0.5))
-            s.channels = _out_shape(op, s.channels, s.size)[0]
+            s.channels = output_shape(op, s.channels, s.size)[0]
             s.budget -= 2 * n
             return op
+        if kind == "sequential":
+            features = tuple(self.width(s.channels) for _ in range(int(r.integers(1, 4))))
+            activation = str(r.choice(["relu", "gelu", "tanh"]))
+            s.channels = features[-1]
+            s.budget -= len(features)
+            return SequentialOp(features, activation)
         s.budget -= 1
         return ParamOp((), "scale")
 
     def container(self, s: _State, depth: int) -> Op:
         r = self.rng
-        kind = r.choice(["block", "residual", "param"], p=[0.42, 0.42, 0.16])
+        kind = r.choice(["block", "residual", "param", "remat"], p=[0.38, 0.4, 0.14, 0.08])
         length = int(r.integers(1, self.max_len + 1))
         body = tuple(self.ops(s, depth + 1, length))
         if kind == "block":
             return BlockOp(body)
+        if kind == "remat":
+            return RematOp(body)
         if kind == "residual":
             norm = r.choice(["batch", "layer", "none"], p=[0.5, 0.2, 0.3])
             return ResidualOp(body, None if norm == "none" else str(norm), bool(r.random() < 0.2))
@@ -628,7 +774,7 @@ class _Drawer:
                 if self.rng.random() < 0.4:  # identical copies, as in ResNet stages
                     for _ in range(int(self.rng.integers(1, 3))):
                         out.append(op)
-                        s.channels, s.size = _out_shape(op, s.channels, s.size)
+                        s.channels, s.size = output_shape(op, s.channels, s.size)
                         s.budget -= _count(op)
             else:
                 out.append(self.leaf(s))
@@ -641,6 +787,8 @@ def _count(op: Op) -> int:
         return 1
     if isinstance(op, SetupOp):
         return 2 * len(op.features)
+    if isinstance(op, SequentialOp):
+        return len(op.features)
     if isinstance(op, AttentionOp):
         return 4
     if isinstance(op, CONTAINERS):
@@ -650,19 +798,37 @@ def _count(op: Op) -> int:
     return 0
 
 
-def _out_shape(op: Op, channels: int, size: int) -> tuple[int, int]:
-    """``(channels, size)`` after ``op`` for an input of ``channels`` and ``size``."""
+def output_shape(op: Op, channels: int, size: int) -> tuple[int, int]:
+    """Return the shape an operation gives, without running it.
+
+    Residual shortcuts built before their body (``shortcut_first``) and the drawer's
+    bookkeeping rely on it.
+
+    Args:
+      op: an operation of the grammar.
+      channels: its input's channel count.
+      size: its input's height (= width).
+
+    Returns:
+      ``(channels, size)`` of its output.
+
+    Example:
+        >>> output_shape(BlockOp((ConvOp(8, strides=2), FnOp("max_pool"))), 3, 16)
+        (8, 4)
+    """
     if isinstance(op, ConvOp):
         return (channels if op.depthwise else op.features), -(-size // op.strides)
     if isinstance(op, DenseOp):
         return op.features, size
     if isinstance(op, SetupOp):
         return (op.features[0] if op.reverse else op.features[-1]), size
+    if isinstance(op, SequentialOp):
+        return op.features[-1], size
     if isinstance(op, FnOp) and op.fn in ("avg_pool", "max_pool"):
         return channels, (size // 2 if size >= 2 else size)
     if isinstance(op, CONTAINERS):
         for o in op.body:
-            channels, size = _out_shape(o, channels, size)
+            channels, size = output_shape(o, channels, size)
     return channels, size
 
 
@@ -696,6 +862,7 @@ def random_config(
     num_classes: int | None = None,
     widths: Sequence[int] | None = None,
     downsample: bool = True,
+    initializers: str = "flax",
 ) -> ArchConfig:
     """Draw an :class:`ArchConfig` (see the module docstring for the grammar).
 
@@ -713,6 +880,7 @@ def random_config(
         up to ``max_width``; a small set keeps the distinct tensor shapes few (eager
         inits compile once per shape).
       downsample: whether strided convs and pooling may shrink the image.
+      initializers: ``"flax"`` or ``"fast"`` (see :class:`ArchConfig`); draws nothing.
 
     Returns:
       The drawn config; the same ``rng`` seed draws the same config.
@@ -740,7 +908,9 @@ def random_config(
     body.extend(drawer.ops(state, 1, int(r.integers(2, 2 * max_len + 1))))
     if not any(_count(op) for op in body) and not num_classes:
         body.append(DenseOp(drawer.width(8)))  # at least one layer with parameters
-    return ArchConfig(tuple(input_shape), tuple(body), num_classes)
+    if initializers not in INITS:
+        raise ValueError(f"Unknown initializers {initializers!r}; use one of {INITS}.")
+    return ArchConfig(tuple(input_shape), tuple(body), num_classes, initializers)
 
 
 def random_architecture(
@@ -754,6 +924,7 @@ def random_architecture(
     num_classes: int | None = None,
     widths: Sequence[int] | None = None,
     downsample: bool = True,
+    initializers: str = "flax",
 ) -> RandomNet:
     """Draw a random architecture: a :class:`RandomNet` of :func:`random_config`'s config.
 
@@ -770,6 +941,7 @@ def random_architecture(
       num_classes: as for :func:`random_config`.
       widths: as for :func:`random_config`.
       downsample: as for :func:`random_config`.
+      initializers: as for :func:`random_config`.
 
     Returns:
       An unbound :class:`RandomNet`.
@@ -790,6 +962,7 @@ def random_architecture(
             num_classes=num_classes,
             widths=widths,
             downsample=downsample,
+            initializers=initializers,
         )
     )
 
@@ -825,7 +998,7 @@ def random_input(
 
 def random_variables(
     module: nn.Module,
-    sample_input: Any,
+    sample_input: ArrayTree,
     rng: np.random.Generator | int | None = None,
     **call_kwargs: Any,
 ) -> dict:
@@ -861,7 +1034,7 @@ def random_variables(
         values = r.standard_normal(leaf.shape)
         if path and getattr(path[-1], "key", None) == "var":
             values = np.abs(values) + 0.1
-        return jnp.asarray(values, leaf.dtype)
+        return jax.device_put(values.astype(leaf.dtype))  # no conversion to compile
 
     return jax.tree_util.tree_map_with_path(fill, unfreeze(abstract))
 
@@ -939,7 +1112,7 @@ def mutate(
             def scale(op, factor=factor):
                 if isinstance(op, (ConvOp, DenseOp)) and not getattr(op, "depthwise", False):
                     return dataclasses.replace(op, features=max(1, int(op.features * factor)))
-                if isinstance(op, SetupOp):
+                if isinstance(op, (SetupOp, SequentialOp)):
                     wider = tuple(max(1, int(f * factor)) for f in op.features)
                     return dataclasses.replace(op, features=wider)
                 return op

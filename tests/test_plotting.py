@@ -22,7 +22,14 @@ import dpiat_jax
 from dpiat_jax.blocks import tree_leaves
 from dpiat_jax.layers import Layer
 from dpiat_jax.matching import MatchReport
-from dpiat_jax.plotting import LABEL_LIMIT, PAIRS_GID, plot_report
+from dpiat_jax.plotting import (
+    LABEL_LIMIT,
+    NEAR_ZERO,
+    PAIRS_GID,
+    THINNED_LABELS,
+    plot_report,
+    thinned_ticks,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -231,6 +238,37 @@ def test_thousands_of_layers_use_scatter_and_sparse_ticks(tmp_path):
     assert len(ax.patches) == 0  # no per-cell patches
     assert ax.get_xlim() == (-0.5, n_src - 0.5)
     assert (tmp_path / "big.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_a_hundred_layers_get_thinned_name_labels(tmp_path):
+    """Above LABEL_LIMIT layers an axis keeps names, every k-th: at most THINNED_LABELS
+    labels reading "index name", at the right positions."""
+    rep = _synthetic(25, 30)  # about 110 and 130 positions
+    src_leaves, dst_leaves = tree_leaves(rep.src_blocks), tree_leaves(rep.dst_blocks)
+    assert LABEL_LIMIT < len(src_leaves) < len(dst_leaves) and len(dst_leaves) >= 100
+    fig = plot_report(rep, tmp_path / "hundred.png")
+    ax = fig.axes[0]
+    for leaves, ticks, labels in [
+        (src_leaves, ax.get_xticks(), ax.get_xticklabels()),
+        (dst_leaves, ax.get_yticks(), ax.get_yticklabels()),
+    ]:
+        expected = thinned_ticks(len(leaves))
+        assert THINNED_LABELS // 2 < len(expected) == len(labels) <= THINNED_LABELS
+        assert list(ticks) == expected
+        assert [t.get_text() for t in labels] == [f"{i} {leaves[i].name}" for i in expected]
+    assert (tmp_path / "hundred.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_near_zero_scores_stay_visible():
+    """Pairs scoring below NEAR_ZERO (the palest colours) are outlined, even where the
+    markers are too small for the other pairs' outlines."""
+    rep = _synthetic(200, 300)
+    collection = _pairs_collection(plot_report(rep))
+    widths = np.broadcast_to(collection.get_linewidths(), (len(rep.pairs),))
+    low = np.array([sc < NEAR_ZERO for _, _, sc in rep.pairs])
+    assert low.any() and (~low).any()
+    assert (widths[low] > 0).all()
+    assert (widths[~low] < widths[low].min()).all()
 
 
 def test_nan_similarity_and_no_pairs():

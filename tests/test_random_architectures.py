@@ -5,18 +5,43 @@ the target's fresh init, move matched tensors by the clip rule and leave every o
 tensor at its fresh value, be deterministic, have a similarity in [0, 1], and reproduce
 the source exactly when both sides are the same architecture.
 
-    DPIAT_RANDOM_SEED=7 DPIAT_RANDOM_PAIRS=300 python -m pytest tests/test_random_architectures.py
+The default run checks 200 pairs; the whole file takes about 2.5 minutes on two CPU
+cores with nothing cached (the pairs about 1.7). More on request (the seed, the number
+of pairs, wide draws)::
 
-The default pairs keep this file near a minute and a half of CPU time on two cores when
-nothing is cached (a second run takes a fraction of that): the layer widths and the input
-come from a small set so that the eagerly compiled initialisers are shared between pairs
-(``DPIAT_RANDOM_WIDE=1`` draws from the full width range and input shapes instead).
-Targets use ``rbg`` keys (their initialisers compile several times faster than threefry
-ones on CPU); every 32nd pair (from the 32nd) uses the default key.
+    DPIAT_RANDOM_PAIRS=5000 python -m pytest -q -p no:xdist tests/test_random_architectures.py
+    DPIAT_RANDOM_SEED=7 DPIAT_RANDOM_WIDE=1 python -m pytest tests/test_random_architectures.py
+
+What keeps a pair cheap (compilation dominates; the transfer itself takes microseconds):
+
+- ``ArchConfig(initializers="fast")``: the layers' initializers ignore the key and
+  hand fixed NumPy values to the compiled init as constants
+  (:func:`dpiat_jax.testing.fast_init`), so it neither derives per-variable keys nor
+  generates random numbers, which are most of its compile time on CPU. Every
+  ``FLAX_EVERY``-th pair (smaller) keeps flax's own initializers (random, from the
+  key), alternately with ``rbg`` keys and with the default ``threefry`` ones.
+- One compiled program per pair: the transfer and the target's fresh init run inside
+  one ``jax.jit`` (``transfer`` plans from the tracers' shapes), where XLA merges the
+  fresh init with the transfer's own; determinism is then checked on the plan (equal
+  JSON twice), which fixes the program. Every ``EAGER_EVERY``-th pair calls
+  ``transfer`` eagerly instead, as most users do: twice, compared value by value, and
+  its result must own its buffers.
+- Alignments run under ``kernel_policy("numpy")`` (the same recurrence, never
+  compiled), except every ``KERNEL_EVERY``-th pair, under ``"jit"`` (the compiled
+  kernel; tests/test_alignment.py checks both against the reference).
+- Small models: up to about 12 parametrised layers (nested up to three deep), widths
+  from a small set and one input shape (``DPIAT_RANDOM_WIDE=1`` draws up to 40 layers
+  from the full ranges of widths and inputs).
+
+The times above are with nothing cached. The module also opts in to JAX's persistent
+compilation cache (``dpiat_jax.enable_compilation_cache``), which spares recompiling the
+alignment kernel and the deep-model test on a second run; the pairs' programs are small
+and tracing and planning remain, so a second run of the pairs is barely faster.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax
@@ -28,6 +53,7 @@ from oracle import reference_clip
 
 import dpiat_jax
 from dpiat_jax import testing
+from dpiat_jax.alignment import kernel_policy
 
 _CACHE_SETTINGS = (
     "jax_compilation_cache_dir",
@@ -38,10 +64,9 @@ _CACHE_SETTINGS = (
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache():
-    """Target inits run eagerly and compile every new tensor shape: this file opts in to
-    JAX's persistent compilation cache (``dpiat_jax.enable_compilation_cache``, the
-    user's explicit choice) so that a second run costs a fraction of the first, and
-    restores JAX's settings afterwards."""
+    """This file opts in to JAX's persistent compilation cache
+    (``dpiat_jax.enable_compilation_cache``, the user's explicit choice) and restores
+    JAX's settings afterwards."""
     saved = {name: jax.config.values[name] for name in _CACHE_SETTINGS}
     dpiat_jax.enable_compilation_cache()
     yield
@@ -50,8 +75,13 @@ def compilation_cache():
 
 
 SEED = int(os.environ.get("DPIAT_RANDOM_SEED", "20250611"))
-PAIRS = int(os.environ.get("DPIAT_RANDOM_PAIRS", "16"))
+PAIRS = int(os.environ.get("DPIAT_RANDOM_PAIRS", "200"))
 WIDE = os.environ.get("DPIAT_RANDOM_WIDE", "0") not in ("0", "", "false", "no")
+# The cadences are prime to the 4 kinds, 3 forms and 5 modes that i % 4, 3, 5 choose,
+# so that each special kind of pair meets all of them.
+FLAX_EVERY = 47  # pairs 46, 93, ...: flax's initializers (93, 187, ...: threefry keys)
+EAGER_EVERY = 7  # pairs 3, 10, 17, ...: transfer called eagerly
+KERNEL_EVERY = 97  # pairs 48, 145, ...: the compiled alignment kernel
 
 KINDS = ("identity", "mutated", "independent", "mutated-far")
 
@@ -73,8 +103,22 @@ def as_path(name: str) -> tuple[str, ...]:
     return () if name == "<root>" else tuple(name.split("/"))
 
 
+def flax_inits(i: int) -> bool:
+    return i % FLAX_EVERY == FLAX_EVERY - 1
+
+
+def eager(i: int) -> bool:
+    return i % EAGER_EVERY == 3
+
+
+def policy(i: int) -> str:
+    return "jit" if i % KERNEL_EVERY == KERNEL_EVERY // 2 else "numpy"
+
+
 def key_for(i: int) -> jax.Array:
-    return jax.random.key(SEED + i) if i % 32 == 31 else jax.random.key(SEED + i, impl="rbg")
+    if flax_inits(i) and (i // FLAX_EVERY) % 2:
+        return jax.random.key(SEED + i)
+    return jax.random.key(SEED + i, impl="rbg")
 
 
 def draw_pair(i: int):
@@ -85,8 +129,12 @@ def draw_pair(i: int):
         options = {"max_width": 64, "max_layers": 40}
         shape = None
     else:
-        options = {"widths": (4, 8, 16), "max_layers": 16, "num_classes": 10}
+        options = {"widths": (4, 8, 16), "max_layers": 12, "num_classes": 10}
         shape = (1, 8, 8, 3)
+    if flax_inits(i):  # random inits compile slowly: fewer layers
+        options.update(initializers="flax", max_layers=8)
+    else:
+        options.update(initializers="fast")
     src = testing.random_architecture(rng, input_shape=shape, **options)
     shape = src.config.input_shape
     if kind == "identity":
@@ -98,6 +146,46 @@ def draw_pair(i: int):
     else:
         dst = testing.random_architecture(rng, input_shape=shape, **options)
     return kind, src, dst, testing.random_input(src, rng)
+
+
+def transfer_and_init(jitted: bool, given, src, dst, rng, x, **kw):
+    """``(transfer, dst's fresh init)``: one compiled program when ``jitted`` (XLA merges
+    the fresh init with the transfer's own), else an eager transfer and a compiled init."""
+    call = kw.get("call_kwargs") or {}
+
+    def run(given, rng):
+        out = dpiat_jax.transfer(given, src, dst, rng, sample_input=x, **kw)
+        return out, dst.init(rng, x, **call)
+
+    if jitted:
+        return jax.jit(run)(given, rng)
+    out = dpiat_jax.transfer(given, src, dst, rng, sample_input=x, **kw)
+    return out, jax.jit(functools.partial(dst.init, **call))(rng, x)
+
+
+def assert_deterministic(jitted: bool, out, given, src, dst, rng, x, info, **kw) -> None:
+    """The same arguments give the same result: compared value by value for an eager
+    transfer (a second one), and for a jitted one as the same plan (its JSON: every move,
+    the report, the target's variables), which fixes the traced program."""
+    if jitted:
+        first, second = (
+            dpiat_jax.plan(src, dst, src_variables=given, sample_input=x, rng=rng, **kw)
+            for _ in range(2)
+        )
+        assert first.to_json() == second.to_json(), info
+        return
+    again = dpiat_jax.transfer(given, src, dst, rng, sample_input=x, **kw)
+    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(out), info
+    for k, v in flat(flax.core.unfreeze(again)).items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(flat(out)[k]), err_msg=info)
+
+
+def assert_owns_buffers(out, given, info) -> None:
+    """An eager transfer's result shares no buffer with the source, nor within itself."""
+    mine = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(out)]
+    theirs = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(given)}
+    assert len(set(mine)) == len(mine), (info, "a buffer appears twice in the result")
+    assert not set(mine) & theirs, (info, "the result shares a buffer with the source")
 
 
 # ----------------------------------------------------------------------------------
@@ -115,7 +203,7 @@ def test_generator_is_deterministic_hashable_and_runs(seed):
     assert "params" in variables
     # The predicted output shape of the body is the real one (the generator relies on
     # it for residual shortcuts that are built before their body).
-    channels, size = testing._out_shape(testing.BlockOp(a.config.body), x.shape[-1], x.shape[1])
+    channels, size = testing.output_shape(testing.BlockOp(a.config.body), x.shape[-1], x.shape[1])
     body = jax.eval_shape(testing.Block(a.config.body).init_with_output, jax.random.key(0), x)[0]
     assert body.shape == (1, size, size, channels)
     m = testing.mutate(a.config, seed, steps=3)
@@ -158,7 +246,7 @@ def test_generator_covers_the_grammar():
         "ResidualOp", "ParamOp", "conv1x1", "conv3x3", "depthwise", "grouped", "bfloat16",
         "norm:batch", "norm:layer", "norm:group", "norm:rms", "nested",
         "param:scale:False", "param:scale:True", "param:pos:True", "TiedOp", "SetupOp",
-        "setup:reversed:long",
+        "setup:reversed:long", "RematOp", "SequentialOp",
     }  # fmt: skip
     assert expected_ops <= seen_ops, expected_ops - seen_ops
     expected_kinds = {
@@ -182,6 +270,11 @@ def _leaves(tree):
 
 @pytest.mark.parametrize("i", range(PAIRS))
 def test_random_pair(i):
+    with kernel_policy(policy(i)):
+        check_pair(i)
+
+
+def check_pair(i: int) -> None:
     kind, src, dst, x = draw_pair(i)
     rng = key_for(i)
     src_vars = testing.random_variables(src, x, np.random.default_rng([SEED, i, 1]))
@@ -194,15 +287,20 @@ def test_random_pair(i):
 
     # Every fifth pair runs in training mode (BatchNorm batch statistics, live Dropout).
     call = {"train": True} if i % 5 == 4 else {}
+    jitted = not eager(i)
+    out, fresh = transfer_and_init(jitted, given, src, dst, rng, x, call_kwargs=call)
     kw = {"sample_input": x, "call_kwargs": call}
-    out = dpiat_jax.transfer(given, src, dst, rng, **kw)
-    again = dpiat_jax.transfer(given, src, dst, rng, **kw)
     report = dpiat_jax.match(given, src, dst, rng, **kw)
-    fresh = dst.init(rng, x, **call)
+    how = "jit" if jitted else "eager"
+    info = f"pair {i} ({kind}, {form}, {how}, {call}): {src.config} -> {dst.config}"
+
+    # Deterministic for a given rng; eagerly, buffers of its own.
+    assert_deterministic(jitted, out, given, src, dst, rng, x, info, call_kwargs=call)
+    if not jitted:
+        assert_owns_buffers(out, given, info)
     if form == "params":
         fresh = {"params": fresh["params"]}
-        out, again = {"params": out}, {"params": again}
-    info = f"pair {i} ({kind}, {form}, {call}): {src.config} -> {dst.config}"
+        out = {"params": out}
 
     # The exact structure, shapes and dtypes of the fresh init.
     assert isinstance(out, flax.core.FrozenDict) == (form == "frozen"), info
@@ -211,10 +309,6 @@ def test_random_pair(i):
     got, want = flat(out), flat(fresh)
     for k, v in want.items():
         assert got[k].shape == v.shape and got[k].dtype == v.dtype, (info, k)
-
-    # Deterministic for a given rng.
-    for k, v in flat(flax.core.unfreeze(again)).items():
-        np.testing.assert_array_equal(np.asarray(v), np.asarray(got[k]), err_msg=info)
 
     # Matched tensors follow the clip rule; every other tensor keeps its fresh value.
     src_flat = flat(src_vars)
@@ -253,27 +347,34 @@ MATCHERS = ("dp", "flat", "bipartite", "nested-bipartite", "random")
 RULES = ("clip", "magnitude", "full", "uniform")
 
 
-@pytest.mark.parametrize("j", range(len(range(1, PAIRS, 3))))
+OTHER_EVERY = 9  # pairs 1, 10, 19, ...: the other matchers and rules too
+
+
+@pytest.mark.parametrize("j", range(len(range(1, PAIRS, OTHER_EVERY))))
 def test_random_pair_other_matchers_and_rules(j):
     """Every matcher and tensor rule keeps the fresh init's structure, shapes and
     dtypes, deterministically, and leaves unmatched layers at their fresh values
-    (every third pair; eight pairs cover all matchers and rules)."""
-    i = 1 + 3 * j
+    (every ninth pair; twenty cover every matcher and rule combination)."""
+    i = 1 + OTHER_EVERY * j
+    with kernel_policy(policy(i)):
+        check_other_matcher_and_rule(i, j)
+
+
+def check_other_matcher_and_rule(i: int, j: int) -> None:
     kind, src, dst, x = draw_pair(i)
     matcher, rule = MATCHERS[j % len(MATCHERS)], RULES[j % len(RULES)]
     rng = key_for(i)
     src_vars = testing.random_variables(src, x, np.random.default_rng([SEED, i, 1]))
-    kw = {"sample_input": x, "matcher": matcher, "tensor_rule": rule}
-    out = dpiat_jax.transfer(src_vars, src, dst, rng, **kw)
-    again = dpiat_jax.transfer(src_vars, src, dst, rng, **kw)
-    report = dpiat_jax.match(src_vars, src, dst, rng, **kw)
-    fresh = dst.init(rng, x)
+    kw = {"matcher": matcher, "tensor_rule": rule}
+    jitted = matcher != "random" and not eager(i)  # the random matcher plans eagerly
+    out, fresh = transfer_and_init(jitted, src_vars, src, dst, rng, x, **kw)
+    report = dpiat_jax.match(src_vars, src, dst, rng, sample_input=x, **kw)
     info = f"pair {i} ({kind}, {matcher}, {rule}): {src.config} -> {dst.config}"
+    assert_deterministic(jitted, out, src_vars, src, dst, rng, x, info, **kw)
     assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(fresh), info
     got, want = flat(out), flat(fresh)
     for k, v in want.items():
         assert got[k].shape == v.shape and got[k].dtype == v.dtype, (info, k)
-        np.testing.assert_array_equal(np.asarray(flat(again)[k]), np.asarray(got[k]), info)
     matched = {as_path(d) for _, d, _ in report.pairs}
     for k, v in want.items():
         if k[1:-1] not in matched:
