@@ -40,16 +40,36 @@ def code(text: str) -> Cell:
 
 INSTALL = code(
     """
-    # On Colab, install dpiat_jax with its [experiments] extra (datasets, training, plots)
-    # from a copy of the repository: upload or clone it first, to DPIAT_JAX_SOURCE (the
-    # folder that holds pyproject.toml). This cell does nothing anywhere else: there,
-    # install it yourself from the checkout, `python -m pip install -e ".[experiments]"`
-    # (or `-e "..[experiments]"` from this colabs/ folder).
+    # Installs dpiat_jax with its [experiments] extra (datasets, training, plots) unless it
+    # is importable already. From a copy of the repository first: this notebook's parent
+    # folder when it runs from colabs/, else DPIAT_JAX_SOURCE (on Colab, upload or clone
+    # the repository there); else from DPIAT_JAX_GIT, a git URL you set
+    # (e.g. "https://github.com/YOUR_NAME/dpiat_jax.git").
+    import importlib.util
+    import os
     import sys
 
-    DPIAT_JAX_SOURCE = "/content/dpiat_jax"
-    if "google.colab" in sys.modules:
-        %pip install --quiet -e "{DPIAT_JAX_SOURCE}[experiments]"
+    DPIAT_JAX_SOURCE = os.environ.get("DPIAT_JAX_SOURCE", "/content/dpiat_jax")
+    DPIAT_JAX_GIT = os.environ.get("DPIAT_JAX_GIT", "")
+    NEEDED = ("dpiat_jax", "optax", "orbax.checkpoint", "matplotlib", "sklearn")
+    if not all(importlib.util.find_spec(name.split(".")[0]) for name in NEEDED):
+        checkouts = [
+            os.path.abspath(folder)
+            for folder in ("..", DPIAT_JAX_SOURCE)
+            if os.path.isfile(os.path.join(folder, "pyproject.toml"))
+        ]
+        if checkouts:
+            CHECKOUT = checkouts[0]
+            %pip install --quiet -e "{CHECKOUT}[experiments]"
+            sys.path.insert(0, CHECKOUT)  # importable without restarting the kernel
+        elif DPIAT_JAX_GIT:
+            %pip install --quiet "dpiat_jax[experiments] @ git+{DPIAT_JAX_GIT}"
+        else:
+            raise RuntimeError(
+                "dpiat_jax is not installed and no copy of the repository was found in .. "
+                f"or {DPIAT_JAX_SOURCE}: upload or clone it there, or set DPIAT_JAX_GIT to "
+                "its git URL, and run this cell again."
+            )
     """
 )
 
@@ -76,7 +96,8 @@ def setup(imports: str) -> Cell:
 RUNS_ANYWHERE = md(
     """
     Runs top to bottom on a Colab TPU, GPU or CPU runtime (*Runtime > Change runtime type*);
-    the first cell installs `dpiat_jax` on Colab, and the sizes adapt to the backend found.
+    the first cell installs `dpiat_jax` when it is missing, and the sizes adapt to the backend
+    found.
     With the environment variable `DPIAT_SMOKE=1` the notebook runs offline on
     scikit-learn's 8x8 digits with tiny models and a few steps, in about a minute on a CPU
     (that is what the test suite runs).

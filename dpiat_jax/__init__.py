@@ -30,6 +30,7 @@ from dpiat_jax.matching import MatchReport
 from dpiat_jax.plan import TransferPlan, plan
 from dpiat_jax.spec import LayerSpec
 from dpiat_jax.tensors import TENSOR_RULES, clip, get_tensor_rule
+from dpiat_jax.trace.inputs import Inputs
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "MATCHERS",
     "TENSOR_RULES",
     "Alignment",
+    "Inputs",
     "Layer",
     "LayerSpec",
     "MatchReport",

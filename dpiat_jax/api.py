@@ -13,7 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from dpiat_jax.arguments import as_variables, split_inputs, split_kwargs
+from dpiat_jax.arguments import as_key, as_variables, split_inputs, split_kwargs
 from dpiat_jax.blocks import blocks, to_spec_tree
 from dpiat_jax.layers import Layer, ModuleNode, layers
 from dpiat_jax.matchers import Matcher
@@ -23,8 +23,8 @@ from dpiat_jax.plan import TransferPlan, build_plan
 from dpiat_jax.similarity import rank_trees, similarity_matcher, tree_similarity
 from dpiat_jax.spec import LayerSpec, SpecTree, validate_tree
 from dpiat_jax.tensors import TensorFn, TensorRule
-from dpiat_jax.trace.adapter import adapt, model_variables
-from dpiat_jax.trace.inputs import abstract_tree
+from dpiat_jax.trace.adapter import Traced, adapt, model_variables, trace_target
+from dpiat_jax.trace.inputs import abstract_tree, one_input
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
 
 __all__ = [
@@ -86,11 +86,15 @@ def transfer(
         no buffer with it.
       src_def: the source's linen module (the definition ``src_params`` belong to).
       dst_def: the target's linen module.
-      rng: a PRNG key; the target's fresh init (``dst_def.init``) uses it, so every
+      rng: a PRNG key (``jax.random.key(0)``, a legacy ``jax.random.PRNGKey(0)``) or
+        an int seed; the target's fresh init (``dst_def.init``) uses it, so every
         position the source does not supply keeps a proper random initialisation.
-      sample_input: one example batch for both models, or a ``(src_input, dst_input)``
-        pair. When None, an input that reproduces the source's variable shapes is
-        inferred and also used for the target.
+      sample_input: one example batch for both models, ``dpiat_jax.Inputs(x, y)`` for
+        a ``__call__`` with several positional inputs, or a ``(src_input, dst_input)``
+        pair (a 2-tuple is always a pair; its entries may be tuples of positional
+        inputs). When None, the smallest input that reproduces the source's variable
+        shapes is inferred and also used for the target (an ``InputInferenceWarning``
+        says when the target's shapes depend on that choice).
       call_kwargs: keyword arguments for both modules' ``__call__`` (e.g.
         ``{"train": False}``), or a ``(src_kwargs, dst_kwargs)`` pair. A required
         ``train``/``deterministic`` flag left out is set to inference mode.
@@ -120,10 +124,19 @@ def transfer(
       Structure, shapes and dtypes are exactly those of ``dst_def.init``.
 
     Raises:
-      TypeError: a definition that is not a Flax module, or malformed arguments.
-      ValueError: unknown options, variables that do not fit ``src_def``, an input
-        that does not run, or a model without layers.
+      TypeError: a definition that is not a Flax module, an ``rng`` that is neither a
+        key nor an int, a ``call_kwargs`` keyword ``__call__`` does not take, the wrong
+        number of positional inputs, or other malformed arguments.
+      ValueError: unknown options, variables that do not fit ``src_def`` (another
+        model's), an input that does not run or cannot be inferred, or a model without
+        layers.
       FloatingPointError: a non-finite source tensor under ``on_nonfinite="raise"``.
+
+    Warns:
+      IgnoredCollectionWarning: the source holds sown values (``intermediates``), which
+        are not transferable and are ignored.
+      InputInferenceWarning: the input was inferred and the target's shapes depend on it.
+      LowCoverageWarning: the transfer moves (almost) nothing, with the likely cause.
 
     >>> import flax.linen as nn
     >>> import jax, jax.numpy as jnp
@@ -134,6 +147,7 @@ def transfer(
     (3, 4)
     """
     options = Options(matcher, tensor_rule, on_nonfinite)
+    rng = as_key(rng)
     the_plan = _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options)
     variables, form = as_variables(src_params, "src_params")
     keep = None if form.whole else ("params",)
@@ -179,6 +193,7 @@ def match(
     (('<root>', '<root>', 0.5),)
     """
     options = Options(matcher, tensor_rule, on_nonfinite)
+    rng = as_key(rng)
     return _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options).report
 
 
@@ -191,7 +206,7 @@ def _module_root(module, variables, sample_input, call_kwargs, argname) -> Modul
     model = adapt(module, argname)
     if variables is not None:
         variables = as_variables(variables, argname)[0]
-    return model.trace(variables, sample_input, call_kwargs, argname).root
+    return model.trace(variables, one_input(sample_input), call_kwargs, argname).root
 
 
 def module_layers(
@@ -207,7 +222,8 @@ def module_layers(
       module: a linen module (or an NNX model).
       variables: its variables; the layers then hold those arrays (and an input can be
         inferred). Without, an abstract init supplies the shapes.
-      sample_input: one example batch (required without ``variables``).
+      sample_input: one example batch (required without ``variables``); a tuple, or
+        ``dpiat_jax.Inputs(x, y)``, for several positional inputs.
       call_kwargs: keyword arguments of ``__call__``.
 
     Returns:
@@ -248,9 +264,12 @@ def module_blocks(
     return blocks(_module_root(module, variables, sample_input, call_kwargs, argname))
 
 
-def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tuple[list, Any]:
+def _spec_of(
+    obj: Any, argname: str, sample_input: Any, call_kwargs: Any, src: Traced | None = None
+) -> tuple[list, Traced | None]:
     """A spec tree from a tree, a ``(module, variables)`` pair, a bare module or an NNX
-    model; also returns the input that was used (so a bare target can reuse it)."""
+    model; also returns the trace (so a bare target can reuse the source's input, given
+    as ``src``, with a warning when its shapes depend on an inferred choice)."""
     if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], nn.Module):
         model, variables = adapt(obj[0], argname), as_variables(obj[1], argname)[0]
     elif isinstance(obj, (list, LayerSpec)):
@@ -264,8 +283,11 @@ def _spec_of(obj: Any, argname: str, sample_input: Any, call_kwargs: Any) -> tup
         )
     own = model.own_variables()
     variables = abstract_tree(variables if own is None else own)
-    traced = model.trace(variables, sample_input, call_kwargs, argname)
-    return to_spec_tree(blocks(traced.root)), traced.sample_input
+    if sample_input is None and src is not None:
+        traced = trace_target(model, variables, src, None, call_kwargs, argname)
+    else:
+        traced = model.trace(variables, sample_input, call_kwargs, argname)
+    return to_spec_tree(blocks(traced.root)), traced
 
 
 def similarity(
@@ -283,7 +305,8 @@ def similarity(
       src: a spec tree, a ``(module, variables)`` pair or an NNX model.
       dst: likewise, or a bare module whose shapes come from an abstract init with the
         source's input.
-      sample_input: one batch for both, or a ``(src_input, dst_input)`` pair.
+      sample_input: one batch for both (``dpiat_jax.Inputs(x, y)`` for several
+        positional inputs), or a ``(src_input, dst_input)`` pair.
       call_kwargs: ``__call__`` keyword arguments, one for both or a pair.
       matcher: ``"dp"`` (default) or ``"bipartite"`` (its normalised score); no other
         matcher defines a similarity (``ValueError``).
@@ -298,8 +321,8 @@ def similarity(
     matcher = similarity_matcher(matcher)  # rejects matchers without a similarity
     src_in, dst_in = split_inputs(sample_input)
     src_kw, dst_kw = split_kwargs(call_kwargs)
-    src_tree, used = _spec_of(src, "src", src_in, src_kw)
-    dst_tree, _ = _spec_of(dst, "dst", dst_in if dst_in is not None else used, dst_kw)
+    src_tree, traced = _spec_of(src, "src", src_in, src_kw)
+    dst_tree, _ = _spec_of(dst, "dst", dst_in, dst_kw, src=traced)
     return tree_similarity(src_tree, dst_tree, matcher)
 
 
@@ -333,10 +356,10 @@ def rank_sources(
     src_in, dst_in = split_inputs(sample_input)
     src_kw, dst_kw = split_kwargs(call_kwargs)
     trees: list[SpecTree] = []
-    used = None
+    first: Traced | None = None
     for i, c in enumerate(candidates):
-        tree, u = _spec_of(c, f"candidates[{i}]", src_in, src_kw)
+        tree, traced = _spec_of(c, f"candidates[{i}]", src_in, src_kw)
         trees.append(tree)
-        used = used if used is not None else u
-    dst_tree, _ = _spec_of(target, "target", dst_in if dst_in is not None else used, dst_kw)
+        first = first if first is not None else traced
+    dst_tree, _ = _spec_of(target, "target", dst_in, dst_kw, src=first)
     return rank_trees(trees, dst_tree)

@@ -1,7 +1,14 @@
 """Arguments: what a user passes, normalised before any stage runs.
 
 * ``sample_input`` and ``call_kwargs`` are one value for both models or a
-  ``(src, dst)`` pair (:func:`split_inputs`, :func:`split_kwargs`);
+  ``(src, dst)`` pair (:func:`split_inputs`, :func:`split_kwargs`). One input is an
+  array; several positional inputs are an :class:`~dpiat_jax.trace.inputs.Inputs`
+  record (``dpiat_jax.Inputs(x, mask)``); a 2-tuple is always a pair, and a tuple inside
+  a pair is that model's positional inputs: ``(x, y)`` gives ``x`` to the source and
+  ``y`` to the target, ``Inputs(x, y)`` or ``((x, y), (x, y))`` gives both models the
+  two inputs ``x, y``;
+* ``rng`` is a PRNG key (``jax.random.key(0)``, or a legacy ``jax.random.PRNGKey(0)``)
+  or an int seed (:func:`as_key`);
 * source variables come as a variables dict (``{"params": ..., "batch_stats": ...}``),
   only its params collection, a ``FrozenDict`` of either, or an NNX model
   (:func:`as_variables`); a transfer returns the target's variables in the same form
@@ -15,51 +22,111 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from dpiat_jax.trace.adapter import model_variables
-from dpiat_jax.trace.inputs import split_pair
+from dpiat_jax.trace.inputs import Inputs, one_input, split_pair
+from dpiat_jax.types import ArrayTree, PRNGKey
 
 __all__ = [
+    "Inputs",
     "VariablesForm",
+    "as_key",
     "as_variables",
     "is_input",
     "split_inputs",
     "split_kwargs",
 ]
 
+_ONE_INPUT = (
+    " One input is an array (or jax.ShapeDtypeStruct) for both models, several positional "
+    "inputs are dpiat_jax.Inputs(x, y); a pair is (src_input, dst_input), whose entries "
+    "may be tuples of positional inputs."
+)
+
 
 def is_input(x: Any) -> bool:
-    """Whether ``x`` is one input batch (it has a shape and a dtype), not a pair.
+    """Whether ``x`` is the input of one call, for both models (not a pair).
 
     Args:
       x: a ``sample_input`` value.
 
     Returns:
-      True for an array, a tracer or a ``jax.ShapeDtypeStruct``.
+      True for an array, a tracer, a ``jax.ShapeDtypeStruct`` or an
+      :class:`~dpiat_jax.trace.inputs.Inputs` record.
 
-    >>> import numpy as np
     >>> is_input(np.zeros(3)), is_input((np.zeros(3), np.zeros(3)))
     (True, False)
     """
-    return hasattr(x, "shape") and hasattr(x, "dtype")
+    return isinstance(x, Inputs) or (hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
-def split_inputs(sample_input: Any) -> tuple[Any, Any]:
+def split_inputs(sample_input: ArrayTree | None) -> tuple[ArrayTree | None, ArrayTree | None]:
     """Returns ``(source input, target input)`` from one input or a pair.
 
+    The rule (documented in this module): an array or an ``Inputs`` record is one input
+    for both models; a 2-tuple or 2-list is a ``(src, dst)`` pair whose tuple entries are
+    positional inputs (``Inputs``).
+
     Args:
-      sample_input: None, one batch, or a ``(src_input, dst_input)`` pair.
+      sample_input: None, one input, or a ``(src_input, dst_input)`` pair.
 
     Returns:
-      The two inputs (None where not given).
+      The two inputs (None where not given; an ``Inputs`` record for several).
 
     Raises:
-      TypeError: for anything else, naming ``sample_input``.
+      TypeError: for anything else, naming ``sample_input`` and the rule.
 
+    >>> x, y = np.zeros((1, 3)), np.zeros((1, 2))
     >>> split_inputs(None)
     (None, None)
+    >>> split_inputs(Inputs(x, y))[1]
+    Inputs(shape (1, 3) dtype float64, shape (1, 2) dtype float64)
+    >>> [v.shape for v in split_inputs((x, y))]
+    [(1, 3), (1, 2)]
     """
-    return split_pair(sample_input, "sample_input", is_single=is_input)
+    src, dst = split_pair(sample_input, "sample_input", is_single=is_input, hint=_ONE_INPUT)
+    return one_input(src), one_input(dst)
+
+
+def as_key(rng: Any, argname: str = "rng") -> PRNGKey | None:
+    """Returns ``rng`` as a PRNG key: a key is kept, an int seed becomes ``key(seed)``.
+
+    Args:
+      rng: None, a typed key (``jax.random.key``), a legacy ``uint32[2]`` key
+        (``jax.random.PRNGKey``) or an integer seed (a Python int or an integer scalar
+        array, traced or not).
+      argname: the user's argument, for the error message.
+
+    Returns:
+      None for None, the key as given, or ``jax.random.key(rng)`` for a seed.
+
+    Raises:
+      TypeError: anything else, naming ``argname`` and what to pass.
+
+    >>> as_key(0).dtype
+    key<fry>
+    >>> as_key(jax.random.PRNGKey(0)).shape
+    (2,)
+    """
+    if rng is None:
+        return None
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        return jax.random.key(int(rng))
+    dtype = getattr(rng, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return rng
+    if dtype == jnp.uint32 and np.shape(rng) == (2,):
+        return rng  # a legacy jax.random.PRNGKey
+    if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and np.ndim(rng) == 0:
+        return jax.random.key(rng)
+    shown = f"{type(rng).__name__} {rng!r}" if dtype is None else f"array {dtype}{np.shape(rng)}"
+    raise TypeError(
+        f"`{argname}` must be a PRNG key (jax.random.key(0), or a legacy "
+        f"jax.random.PRNGKey(0)) or an int seed, got {shown}."
+    )
 
 
 def split_kwargs(call_kwargs: Any) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from dpiat_jax.alignment import Alignment
 from dpiat_jax.blocks import tree_leaves
+from dpiat_jax.coverage import is_low_coverage
 from dpiat_jax.layers import Layer
 from dpiat_jax.scores import layer_score
 from dpiat_jax.spec import get_at
@@ -78,6 +79,9 @@ class MatchReport:
         all target scalars (every collection).
       score: the top-level alignment score; similarity: score / the target's self score.
       matcher, tensor_rule: how the pairs and tensors were produced.
+      inferred_input: the shape of the source input inferred from its variables (the
+        smallest that fits them); None when ``sample_input`` was given. Not compared:
+        a plan from an inferred input equals one from the same input given.
 
     >>> report = MatchReport((("a", "b", 0.5),), (), (), (), 1, 2, 10, 40, 0.5, 0.25)
     >>> report.layer_coverage, report.param_coverage
@@ -96,6 +100,7 @@ class MatchReport:
     similarity: float
     matcher: str = "dp"
     tensor_rule: str = "clip"
+    inferred_input: tuple[int, ...] | None = dataclasses.field(default=None, compare=False)
     src_blocks: list | None = dataclasses.field(default=None, repr=False, compare=False)
     dst_blocks: list | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -109,20 +114,88 @@ class MatchReport:
         """Fraction of the target's scalars written from the source."""
         return self.params_transferred / self.params_total if self.params_total else 0.0
 
+    @property
+    def low_coverage(self) -> bool:
+        """Whether the transfer moves (almost) nothing
+        (:func:`dpiat_jax.coverage.is_low_coverage`)."""
+        return is_low_coverage(self)
+
     def __str__(self) -> str:
-        width_s = max([len("source"), *(len(s) for s, _, _ in self.pairs)])
-        width_d = max([len("target"), *(len(d) for _, d, _ in self.pairs)])
-        lines = [
+        return self.table()
+
+    def table(self, *, by_block: bool = False, shapes: bool = False) -> str:
+        """Returns the report as text: a header, one row per pair, what is left out.
+
+        The header says what the numbers mean. A pair's score is how alike the two
+        layers' shapes are, the product over dimensions of smaller / larger, so a 3x3
+        conv seeding a 1x1 conv scores 1/9 = 0.11 although it is "matched"; the match
+        score sums the pairs' scores through the blocks, and the similarity divides it
+        by the target's score against itself. A transfer can therefore cover 100% of
+        the target's layers and still have a similarity of 0.5-0.8: every layer
+        receives values, but from shapes that differ.
+
+        Args:
+          by_block: group the rows by the target's block (the module holding the
+            layer), each group headed by its pair count and mean score.
+          shapes: add each pair's main tensor shapes (``3x3x16x16 -> 1x1x16x16``); needs
+            the report's block trees (a report read back from JSON shows ``?``).
+
+        Returns:
+          The text; ``str(report)`` is ``report.table()``.
+
+        >>> report = MatchReport((("s/conv", "t/conv", 0.111),), (), (), (), 1, 1, 9, 9, 0.1, 0.1)
+        >>> print(report.table(by_block=True, shapes=True).splitlines()[-1])
+          s/conv  ->  t/conv  0.111  ? -> ?
+        """
+        lines = self._header()
+        shown = [(s, d, sc, self._shapes(s, d) if shapes else "") for s, d, sc in self.pairs]
+        width_s = max([len("source"), *(len(s) for s, _, _, _ in shown)])
+        width_d = max([len("target"), *(len(d) for _, d, _, _ in shown)])
+        indent = "  " if by_block else ""
+        extra = "  shapes (source -> target)" if shapes else ""
+        lines += [
+            f"{indent}{'source':<{width_s}}  ->  {'target':<{width_d}}  score{extra}",
+            f"{indent}{'-' * width_s}      {'-' * width_d}  -----",
+        ]
+
+        def row(s: str, d: str, sc: float, shape: str) -> str:
+            tail = f"  {shape}" if shape else ""
+            return f"{indent}{s:<{width_s}}  ->  {d:<{width_d}}  {sc:.3f}{tail}"
+
+        if by_block:
+            for block, rows in _by_block(shown).items():
+                mean = sum(sc for _, _, sc, _ in rows) / len(rows)
+                lines.append(f"[{block}] {len(rows)} pairs, mean score {mean:.3f}")
+                lines += [row(*r) for r in rows]
+        else:
+            lines += [row(*r) for r in shown]
+        return "\n".join(lines + self._left_out())
+
+    def _header(self) -> list[str]:
+        return [
             f"DPIAT match ({self.matcher}, tensor rule {self.tensor_rule}): "
             f"score {self.score:.3f}, similarity {self.similarity:.3f}",
             f"target coverage: {self.layers_transferred}/{self.layers_total} layers "
             f"({100 * self.layer_coverage:.1f}%), {self.params_transferred:,}/"
             f"{self.params_total:,} parameters ({100 * self.param_coverage:.1f}%)",
+            "  score (per pair): how alike the shapes are, the product over dimensions of",
+            "    smaller/larger (1.0 equal shapes; a 3x3 conv from a 1x1: 1/9 = 0.111);",
+            "    the match score sums them through the blocks.",
+            "  similarity: score / the target's score against itself; below 1 whenever",
+            "    matched shapes differ, so 100% coverage can still give 0.5-0.8.",
             "",
-            f"{'source':<{width_s}}  ->  {'target':<{width_d}}  score",
-            f"{'-' * width_s}      {'-' * width_d}  -----",
         ]
-        lines += [f"{s:<{width_s}}  ->  {d:<{width_d}}  {sc:.3f}" for s, d, sc in self.pairs]
+
+    def _shapes(self, src: str, dst: str) -> str:
+        def shape(blocks: list | None, name: str) -> str:
+            layers = {} if blocks is None else {x.name: x for x in tree_leaves(blocks)}
+            layer = layers.get(name)
+            return "?" if layer is None else "x".join(map(str, layer.shape)) or "()"
+
+        return f"{shape(self.src_blocks, src)} -> {shape(self.dst_blocks, dst)}"
+
+    def _left_out(self) -> list[str]:
+        lines = []
         if self.unmatched_dst:
             lines += ["", f"target layers left at their fresh init ({len(self.unmatched_dst)}):"]
             lines += [f"  {p}" for p in self.unmatched_dst]
@@ -132,13 +205,21 @@ class MatchReport:
         if self.skipped:
             lines += ["", f"tensors not moved ({len(self.skipped)}):"]
             lines += [f"  {d} <- {s}: {why}" for d, s, why in self.skipped]
-        return "\n".join(lines)
+        return lines
 
     def plot(self, path: str | None = None, **kwargs):
         """Draws the alignment (see :func:`dpiat_jax.plotting.plot_report`)."""
         from dpiat_jax.plotting import plot_report
 
         return plot_report(self, path, **kwargs)
+
+
+def _by_block(rows: list[tuple]) -> dict[str, list[tuple]]:
+    """Rows grouped by the target layer's block (its parent module path), in order."""
+    groups: dict[str, list[tuple]] = {}
+    for r in rows:
+        groups.setdefault(r[1].rpartition("/")[0] or "<root>", []).append(r)
+    return groups
 
 
 def build_report(
@@ -152,6 +233,7 @@ def build_report(
     similarity: float,
     matcher: str = "dp",
     tensor_rule: str = "clip",
+    inferred_input: tuple[int, ...] | None = None,
 ) -> MatchReport:
     """Summarises a matching (layers are joined by their names, i.e. module paths).
 
@@ -162,6 +244,7 @@ def build_report(
       skipped: ``(target tensor, source tensor, reason)`` of tensors not moved.
       score: the alignment's score; similarity: score / the target's self score.
       matcher, tensor_rule: the names the report records.
+      inferred_input: the inferred source input's shape (None when given).
 
     Returns:
       The :class:`MatchReport`.
@@ -191,6 +274,7 @@ def build_report(
         similarity=float(similarity),
         matcher=matcher,
         tensor_rule=tensor_rule,
+        inferred_input=inferred_input,
         src_blocks=src_blocks,
         dst_blocks=dst_blocks,
     )

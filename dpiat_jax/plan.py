@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dpiat_jax.arguments import as_variables, split_inputs, split_kwargs
+from dpiat_jax.arguments import as_key, as_variables, split_inputs, split_kwargs
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
 from dpiat_jax.channels import call_order_channels, target_channels
+from dpiat_jax.coverage import warn_low_coverage
 from dpiat_jax.matchers import Matcher, align
 from dpiat_jax.matching import LayerPair, MatchReport, build_report, layer_pairs
 from dpiat_jax.nonfinite import enforce, finite_flags
@@ -39,7 +40,7 @@ from dpiat_jax.options import Options
 from dpiat_jax.placement import check_shardings, constrain, shardings_key
 from dpiat_jax.similarity import alignment_similarity
 from dpiat_jax.tensors import TENSOR_RULES, TensorFn, TensorRule, get_tensor_rule
-from dpiat_jax.trace.adapter import Model, Traced, adapt
+from dpiat_jax.trace.adapter import Model, Traced, adapt, trace_target
 from dpiat_jax.trace.inputs import abstract_tree
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
 from dpiat_jax.variables import (
@@ -214,7 +215,7 @@ class TransferPlan:
         """
         variables, _ = as_variables(src_variables, "src_variables")
         sources = self._source_arrays(variables)
-        rng = jax.random.key(0) if rng is None else rng
+        rng = jax.random.key(0) if rng is None else as_key(rng)
         keep = self._collections(collections)
         names = ["/".join(k) for k in self.checked]
         if _is_traced((sources, rng)):
@@ -417,6 +418,8 @@ def _report_from(data: dict) -> MatchReport:
     data["skipped"] = tuple(tuple(x) for x in data["skipped"])
     data["unmatched_src"] = tuple(data["unmatched_src"])
     data["unmatched_dst"] = tuple(data["unmatched_dst"])
+    if data.get("inferred_input") is not None:
+        data["inferred_input"] = tuple(data["inferred_input"])
     return MatchReport(**data)
 
 
@@ -539,6 +542,7 @@ def plan_traced(
         similarity=sim,
         matcher=options.matcher_name,
         tensor_rule=options.rule.name,
+        inferred_input=None if src.inferred is None else src.inferred.shape,
     )
     checked = checked_tensors(pairs)
     src_flat = flat_variables(src.variables)
@@ -599,9 +603,10 @@ def build_plan(
     dst_model = adapt(dst_def, "dst_def")
     dst_vars = dst_model.own_variables()
     dst_vars = None if dst_vars is None else abstract_tree(dst_vars)
-    x = src.sample_input if dst_in is None else dst_in
-    dst = dst_model.trace(dst_vars, x, dst_kw, "dst_def")
-    return plan_traced(src, dst, dst_model, options, rng)
+    dst = trace_target(dst_model, dst_vars, src, dst_in, dst_kw)
+    the_plan = plan_traced(src, dst, dst_model, options, rng)
+    warn_low_coverage(the_plan.report, stacklevel=3)
+    return the_plan
 
 
 def plan(
@@ -656,4 +661,5 @@ def plan(
     [('bias', (2,), (4,)), ('kernel', (3, 2), (3, 4))]
     """
     options = Options(matcher, tensor_rule, on_nonfinite)
+    rng = as_key(rng)
     return build_plan(src_def, dst_def, src_variables, sample_input, call_kwargs, options, rng)

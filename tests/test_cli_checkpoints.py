@@ -108,8 +108,12 @@ def test_transfer_from_variables_checkpoint(ckpts, capsys):
     # --out exists now: refused without --overwrite, replaced with it.
     code, _, stderr = _run([*argv, "--quiet"], capsys)
     assert code == 2 and "--overwrite" in stderr
-    code, _, stderr = _run([*argv, "--overwrite", "--quiet", "--report"], capsys)
+    code, stdout, stderr = _run([*argv, "--overwrite", "--quiet", "--report"], capsys)
     assert code == 0 and stderr == ""
+    # --report prints the report of the plan that was applied (the same as match's).
+    report = dj.match(ckpts["vgg"], SOURCE, TARGET, jax.random.key(0), sample_input=X)
+    assert stdout.strip() == str(report).strip()
+    _assert_like_fresh_init(train.restore_checkpoint(out), expected)
 
 
 def test_transfer_from_train_state_checkpoint(ckpts, capsys):

@@ -1,6 +1,19 @@
-"""Clear errors: the exception type and the words that tell the user what to fix."""
+"""Clear errors: the exception type and the words that tell the user what to fix.
+
+The first part is the bad-input catalogue: :data:`CASES`, one :class:`Case` per mistake a
+user makes (what they write, and the error or warning they must see), run from
+:data:`PRELUDE`'s definitions. ``docs/make_errors.py`` renders the same table, with the
+messages the cases produce, as ``docs/errors.md``; :func:`test_catalogue_is_up_to_date`
+checks that the committed file is the rendering of today's messages.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -11,7 +24,271 @@ from flax import traverse_util
 
 import dpiat_jax
 from dpiat_jax import LayerSpec
+from dpiat_jax.coverage import LowCoverageWarning
 from dpiat_jax.models import get_model
+from dpiat_jax.trace.inference import InputInferenceWarning
+from dpiat_jax.trace.sown import IgnoredCollectionWarning
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+# ----------------------------------------------------------------------------------
+# The bad-input catalogue.
+
+#: The definitions every case uses (shown at the top of docs/errors.md).
+PRELUDE = """\
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import dpiat_jax
+
+key = jax.random.key(0)
+image = jnp.zeros((1, 8, 8, 3))
+vector = jnp.zeros((1, 4))
+
+
+class Cnn(nn.Module):  # global average pooling: any image size gives the same shapes
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        self.sow("intermediates", "features", x)
+        return nn.Dense(2, name="head")(x.mean(axis=(1, 2)))
+
+
+class FlatCnn(nn.Module):  # a flattening head: its shape follows the image size
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        return nn.Dense(2, name="head")(x.reshape((x.shape[0], -1)))
+
+
+class Mlp(nn.Module):
+    @nn.compact
+    def __call__(self, x, scale: float = 1.0):
+        return nn.Dense(2, name="head")(nn.relu(nn.Dense(8, name="hidden")(x))) * scale
+
+
+class Nested(nn.Module):  # the Mlp's dense layers inside a block, then a conv
+    @nn.compact
+    def __call__(self, x):
+        x = Mlp(name="block")(x)
+        return nn.Conv(2, (3,), name="conv")(x[..., None])
+
+
+class Conv1d(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(4, (3,), name="conv")(x[..., None])
+
+
+class Gain(nn.Module):  # a layer kind of its own: one learned tensor of any shape
+    shape: tuple
+
+    @nn.compact
+    def __call__(self, x):
+        return x * self.param("gain", nn.initializers.ones, self.shape).mean()
+
+
+class TwoInputs(nn.Module):
+    @nn.compact
+    def __call__(self, x, mask):
+        return nn.Dense(2, name="head")(x * mask)
+
+
+cnn_vars = Cnn().init(key, image)
+mlp_vars = Mlp().init(key, vector)
+gain_vars = Gain((4,)).init(key, vector)
+two_vars = TwoInputs().init(key, vector, vector)
+_, sown = Cnn().apply(cnn_vars, image, mutable=["intermediates"])
+cnn_vars_and_features = {**cnn_vars, **sown}  # what apply(..., mutable=...) hands back
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One mistake: what the user writes, and what they must see.
+
+    Attributes:
+      name: the test id (and the anchor in docs/errors.md).
+      title: what the user does wrongly, in a few words.
+      code: the statement, as the user writes it (run with :data:`PRELUDE`'s names).
+      expected: the exception or warning class the user sees.
+      match: a regular expression the message must contain (the cause and the fix).
+    """
+
+    name: str
+    title: str
+    code: str
+    expected: type[BaseException]
+    match: str
+
+    @property
+    def warns(self) -> bool:
+        """Whether the user sees a warning (the call goes through) rather than an error."""
+        return issubclass(self.expected, Warning)
+
+
+CASES: tuple[Case, ...] = (
+    Case(
+        "params-of-another-model",
+        "The variables of another model, no sample_input",
+        "dpiat_jax.transfer(mlp_vars, Cnn(), Cnn(), key)",
+        ValueError,
+        r"params/hidden/kernel: not created by the module(.|\n)*another model(.|\n)*src_def",
+    ),
+    Case(
+        "params-of-another-model-with-input",
+        "The variables of another model, with sample_input",
+        "dpiat_jax.transfer(mlp_vars, Cnn(), Cnn(), key, sample_input=image)",
+        ValueError,
+        r"`src_params` does not fit Cnn(.|\n)*params/conv/kernel: missing(.|\n)*another model",
+    ),
+    Case(
+        "call-kwargs-typo",
+        "A keyword in call_kwargs that __call__ does not take",
+        'dpiat_jax.transfer(mlp_vars, Mlp(), Mlp(), key, call_kwargs={"scal": 2.0})',
+        TypeError,
+        r"`call_kwargs` holds \['scal'\].*Mlp.__call__.*Did you mean 'scale'\?",
+    ),
+    Case(
+        "sown-intermediates",
+        "Sown intermediates among the variables, no sample_input",
+        "dpiat_jax.transfer(cnn_vars_and_features, Cnn(), Cnn(), key)",
+        IgnoredCollectionWarning,
+        r"`src_params` holds the collection 'intermediates'.*not transferable.*ignored",
+    ),
+    Case(
+        "sown-intermediates-with-input",
+        "Sown intermediates among the variables, with sample_input",
+        "dpiat_jax.transfer(cnn_vars_and_features, Cnn(), Cnn(), key, sample_input=image)",
+        IgnoredCollectionWarning,
+        r"'intermediates'.*ignored.*Pass only the variables",
+    ),
+    Case(
+        "rng-not-a-key",
+        "An rng that is neither a key nor an int seed",
+        "dpiat_jax.transfer(mlp_vars, Mlp(), Mlp(), 0.5)",
+        TypeError,
+        r"`rng` must be a PRNG key \(jax.random.key\(0\).*or an int seed, got float",
+    ),
+    Case(
+        "two-inputs-one-array",
+        "One array for a model with two positional inputs",
+        "dpiat_jax.transfer(two_vars, TwoInputs(), TwoInputs(), key, sample_input=vector)",
+        TypeError,
+        r"`sample_input` gives TwoInputs.__call__.*1 positional.*takes 2.*Inputs\(x, mask\)",
+    ),
+    Case(
+        "two-inputs-none-given",
+        "No sample_input for a model with two positional inputs",
+        "dpiat_jax.transfer(two_vars, TwoInputs(), TwoInputs(), key)",
+        ValueError,
+        r"No input can be inferred for TwoInputs.__call__.*Inputs\(x, mask\)",
+    ),
+    Case(
+        "three-inputs-tuple",
+        "A tuple of three arrays as sample_input",
+        "dpiat_jax.transfer(cnn_vars, Cnn(), Cnn(), key, sample_input=(image, image, image))",
+        TypeError,
+        r"`sample_input` must be one value for both models or a \(src, dst\) pair.*Inputs",
+    ),
+    Case(
+        "inferred-input-decides-the-target",
+        "No sample_input, and the target's shapes depend on the input size",
+        "dpiat_jax.transfer(cnn_vars, Cnn(), FlatCnn(), key)",
+        InputInferenceWarning,
+        r"inferred from `src_params`: shape \(1, 4, 4, 3\).*`dst_def`'s variables depend"
+        r".*params/head/kernel.*sample_input=",
+    ),
+    Case(
+        "no-shared-layer-kinds",
+        "Nothing moves: no layer kind in common",
+        "dpiat_jax.transfer(mlp_vars, Mlp(), Conv1d(), key, sample_input=vector)",
+        LowCoverageWarning,
+        r"moves 0 of the target's.*no shared layer kinds: the source has dense, the target "
+        r"conv1d",
+    ),
+    Case(
+        "blocks-against-single-layers",
+        "Nothing moves: blocks against single layers",
+        "dpiat_jax.transfer(mlp_vars, Mlp(), Nested(), key, sample_input=vector)",
+        LowCoverageWarning,
+        r"blocks against single layers.*dense at depth 1.*dense at depth 2.*matcher='flat'",
+    ),
+    Case(
+        "ranks-differ",
+        "Nothing moves: the paired tensors' ranks differ",
+        "dpiat_jax.transfer(gain_vars, Gain((4,)), Gain((2, 4)), key, sample_input=vector)",
+        LowCoverageWarning,
+        r"ranks differ: .*params/gain.*\(4,\) vs \(2, 4\)",
+    ),
+    Case(
+        "module-class",
+        "A module class instead of an instance",
+        "dpiat_jax.transfer(mlp_vars, Mlp, Mlp(), key)",
+        TypeError,
+        r"`src_def` is the class Mlp, not a module instance; pass Mlp\(...\)",
+    ),
+    Case(
+        "variables-not-a-dict",
+        "Variables that are not a dict",
+        "dpiat_jax.transfer([mlp_vars], Mlp(), Mlp(), key)",
+        TypeError,
+        r"`src_params` must be a Flax variables dict",
+    ),
+    Case(
+        "bare-target-without-input",
+        "A bare module and a spec tree for similarity, no sample_input",
+        'dpiat_jax.similarity([dpiat_jax.LayerSpec("dense", (4, 8))], Mlp())',
+        ValueError,
+        r"`dst` is a bare module: pass sample_input=",
+    ),
+    Case(
+        "unknown-matcher",
+        "An unknown matcher name",
+        'dpiat_jax.transfer(mlp_vars, Mlp(), Mlp(), key, matcher="dpp")',
+        ValueError,
+        r"dpp.*'dp'",
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def prelude() -> dict:
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        exec(PRELUDE, namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_catalogue_case(case, prelude):
+    namespace = dict(prelude)
+    if case.warns:
+        with pytest.warns(case.expected, match=case.match):
+            exec(case.code, namespace)
+    else:
+        with pytest.raises(case.expected, match=case.match):
+            exec(case.code, namespace)
+
+
+def _load_docs_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_dpiat_docs_{name}", DOCS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_catalogue_is_up_to_date():
+    make_errors = _load_docs_script("make_errors")
+    rendered = make_errors.render(PRELUDE, CASES)
+    committed = (DOCS / "errors.md").read_text()
+    assert rendered == committed, (
+        "docs/errors.md is out of date: run `python docs/make_errors.py` and commit it."
+    )
+
 
 V = jnp.zeros((1, 4))
 IMG = jnp.zeros((1, 8, 8, 3))
@@ -238,3 +515,94 @@ def test_layerspec_validation():
         LayerSpec(3, (4,))
     with pytest.raises(TypeError, match="shape"):
         LayerSpec("dense", 4)
+
+
+# ----------------------------------------------------------------------------------
+# What the catalogue's cases accept instead.
+
+
+def test_an_int_rng_is_a_seed_and_legacy_keys_keep_working(prelude):
+    mlp, variables, x = prelude["Mlp"](), prelude["mlp_vars"], prelude["vector"]
+    reference = dpiat_jax.transfer(variables, mlp, mlp, jax.random.key(3), sample_input=x)
+    for rng in (3, np.int32(3), jnp.asarray(3)):
+        out = dpiat_jax.transfer(variables, mlp, mlp, rng, sample_input=x)
+        jax.tree.map(np.testing.assert_array_equal, out, reference)
+    legacy = dpiat_jax.transfer(variables, mlp, mlp, jax.random.PRNGKey(3), sample_input=x)
+    assert jax.tree.structure(legacy) == jax.tree.structure(reference)
+    for bad in (True, "0", jnp.zeros(3, jnp.uint32)):
+        with pytest.raises(TypeError, match="`rng` must be a PRNG key"):
+            dpiat_jax.transfer(variables, mlp, mlp, bad, sample_input=x)
+
+
+def test_several_positional_inputs(prelude):
+    two, variables, x = prelude["TwoInputs"](), prelude["two_vars"], prelude["vector"]
+    rng = jax.random.key(1)
+    out = dpiat_jax.transfer(variables, two, two, rng, sample_input=dpiat_jax.Inputs(x, x))
+    kernel = variables["params"]["head"]["kernel"]
+    np.testing.assert_array_equal(out["params"]["head"]["kernel"], kernel)
+    # A pair whose entries are tuples gives each model its positional inputs.
+    pair = dpiat_jax.transfer(variables, two, two, rng, sample_input=((x, x), (x, x)))
+    jax.tree.map(np.testing.assert_array_equal, pair, out)
+    report = dpiat_jax.match(variables, two, two, sample_input=dpiat_jax.Inputs(x, x))
+    assert report.param_coverage == 1.0
+    layers = dpiat_jax.module_layers(two, sample_input=(x, x))
+    assert [layer.kind for layer in layers] == ["dense"]
+    # A 2-tuple of arrays stays a (src_input, dst_input) pair.
+    with pytest.raises(TypeError, match=r"Inputs\(x, mask\)"):
+        dpiat_jax.transfer(variables, two, two, rng, sample_input=(x, x))
+
+
+def test_sown_intermediates_are_ignored(prelude):
+    cnn, image = prelude["Cnn"](), prelude["image"]
+    plain, with_features = prelude["cnn_vars"], prelude["cnn_vars_and_features"]
+    rng = jax.random.key(2)
+    reference = dpiat_jax.transfer(plain, cnn, cnn, rng, sample_input=image)
+    with pytest.warns(IgnoredCollectionWarning, match="intermediates"):
+        out = dpiat_jax.transfer(with_features, cnn, cnn, rng, sample_input=image)
+    assert set(out) == set(reference) == {"params"}
+    jax.tree.map(np.testing.assert_array_equal, out, reference)
+    with pytest.warns(IgnoredCollectionWarning, match="intermediates"):
+        dpiat_jax.similarity((cnn, with_features), cnn)
+
+
+def test_inference_prefers_the_smallest_input_that_fits(prelude):
+    from dpiat_jax.trace.adapter import adapt
+
+    cnn, variables = prelude["Cnn"](), prelude["cnn_vars"]
+    traced = adapt(cnn, "src_params").trace(variables, None, {}, "src_params")
+    assert traced.sample_input.shape == (1, 4, 4, 3)
+    assert traced.inferred.shape == (1, 4, 4, 3)
+    assert [x.shape for x in traced.inferred.others] == [(1, 32, 32, 3)]
+    with warnings.catch_warnings():
+        # The target's shapes do not depend on the choice: no warning.
+        warnings.simplefilter("error", InputInferenceWarning)
+        report = dpiat_jax.match(variables, cnn, cnn)
+    assert report.inferred_input == (1, 4, 4, 3)
+    given = dpiat_jax.match(variables, cnn, cnn, sample_input=prelude["image"])
+    assert given.inferred_input is None
+
+
+def test_a_source_whose_shapes_follow_the_input_determines_it(prelude):
+    from dpiat_jax.trace.adapter import adapt
+
+    flat = prelude["FlatCnn"]()
+    variables = flat.init(jax.random.key(0), jnp.zeros((1, 12, 12, 3)))
+    traced = adapt(flat, "src_params").trace(variables, None, {}, "src_params")
+    assert traced.sample_input.shape == (1, 12, 12, 3)
+    assert traced.inferred.others == ()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputInferenceWarning)
+        dpiat_jax.match(variables, flat, flat)
+
+
+def test_low_coverage_sets_the_report_flag(prelude):
+    mlp, variables, x = prelude["Mlp"](), prelude["mlp_vars"], prelude["vector"]
+    with pytest.warns(LowCoverageWarning, match="no shared layer kinds"):
+        report = dpiat_jax.match(variables, mlp, prelude["Conv1d"](), sample_input=x)
+    assert report.low_coverage and report.param_coverage == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowCoverageWarning)
+        same = dpiat_jax.match(variables, mlp, mlp, sample_input=x)
+    assert not same.low_coverage
+    with pytest.warns(LowCoverageWarning, match="no shared layer kinds"):
+        dpiat_jax.plan(mlp, prelude["Conv1d"](), sample_input=x)

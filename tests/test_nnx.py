@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import dpiat_jax
+from dpiat_jax.trace.sown import IgnoredCollectionWarning
 
 X = jnp.ones((1, 8, 8, 3))
 
@@ -121,3 +122,50 @@ def test_rank_sources_accepts_nnx_models():
     ranked = dpiat_jax.rank_sources(cands, target, sample_input=X)
     assert [i for i, _ in ranked] == [1, 2, 0]
     assert ranked[0][1] == pytest.approx(1.0)
+
+
+class Gated(nnx.Module):
+    """Two positional inputs, and features sown while it runs."""
+
+    def __init__(self, width: int, rngs: nnx.Rngs):
+        self.proj = nnx.Linear(4, width, rngs=rngs)
+        self.head = nnx.Linear(width, 2, rngs=rngs)
+
+    def __call__(self, x, mask):
+        h = self.proj(x * mask)
+        self.sow(nnx.Intermediate, "features", h)
+        return self.head(h)
+
+
+def test_nnx_tracing_changes_no_class_and_no_model():
+    calls = {cls: cls.__call__ for cls in (nnx.Conv, nnx.Linear, nnx.BatchNorm, Net, Block)}
+    src, dst = Net(8, 2, nnx.Rngs(0)), Net(16, 3, nnx.Rngs(1))
+    dpiat_jax.transfer(src, None, dst, jax.random.key(0), sample_input=X)
+    assert {cls: cls.__call__ for cls in calls} == calls
+    for model in (src, dst):
+        assert type(model) is Net and type(model.stem) is nnx.Conv
+        assert type(model.blocks[0]) is Block and type(model.blocks[0].conv1) is nnx.Conv
+
+
+def test_nnx_call_kwargs_typo_names_the_keyword():
+    src, dst = Net(8, 2, nnx.Rngs(0)), Net(8, 2, nnx.Rngs(1))
+    with pytest.raises(TypeError, match=r"`call_kwargs` holds \['train'\], which Net.__call__"):
+        dpiat_jax.match(src, None, dst, sample_input=X, call_kwargs={"train": False})
+
+
+@pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+def test_nnx_two_inputs_and_sown_intermediates():
+    x = jnp.ones((1, 4))
+    src, dst = Gated(8, nnx.Rngs(0)), Gated(16, nnx.Rngs(1))
+    src(x, x)  # the model now holds an Intermediate: not a variable to transfer
+    with pytest.raises(ValueError, match=r"Inputs\(x, mask\)"):
+        dpiat_jax.transfer(src, None, dst, jax.random.key(0))
+    with pytest.warns(IgnoredCollectionWarning, match="'intermediate'"):
+        out = dpiat_jax.transfer(
+            src, None, dst, jax.random.key(0), sample_input=dpiat_jax.Inputs(x, x)
+        )
+    assert isinstance(out, Gated)
+    got = np.asarray(out.proj.kernel[...])
+    np.testing.assert_array_equal(got[:, 4:12], np.asarray(src.proj.kernel[...]))
+    report = dpiat_jax.match(dst, None, dst, sample_input=((x, x), (x, x)))
+    assert report.param_coverage == 1.0

@@ -15,6 +15,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -74,15 +75,63 @@ def test_generated_by_build_notebooks(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_install_cell_is_colab_only_and_backend_printed(name):
+def test_install_cell_is_conditional_and_backend_printed(name):
     cells = [c.source for c in _read(name).cells if c.cell_type == "code"]
     install = cells[0]
-    assert 'if "google.colab" in sys.modules:' in install
+    assert install == cells_of_first_notebook()[0]  # one install cell for all
     pip_lines = [line for line in install.splitlines() if "%pip install" in line]
-    assert pip_lines and all(line.startswith("    ") for line in pip_lines)  # inside the if
+    assert pip_lines and all(line.startswith("    ") for line in pip_lines)  # inside an if
+    assert "<owner>" not in install and "<" not in "".join(pip_lines)  # no placeholder
     setup = cells[1]
     assert "jax.default_backend()" in setup and "jax.devices()" in setup
     assert 'os.environ.get("DPIAT_SMOKE"' in setup
+
+
+def cells_of_first_notebook() -> list[str]:
+    return [c.source for c in _read(NOTEBOOKS[0]).cells if c.cell_type == "code"]
+
+
+def run_install_cell(missing: bool) -> list[str]:
+    """Runs the install cell as plain Python, ``%pip`` lines recorded instead of run;
+    ``missing`` pretends dpiat_jax is not installed. Returns the pip arguments."""
+    source = cells_of_first_notebook()[0]
+    if missing:
+        source = source.replace('"dpiat_jax",', '"no_such_module_dpiat_jax",', 1)
+    source = re.sub(r"^(\s*)%pip (.*)$", r"\1PIP.append(f'''\2''')", source, flags=re.M)
+    namespace: dict = {"PIP": []}
+    saved = list(sys.path)
+    try:
+        exec(compile(source, "install cell", "exec"), namespace)  # noqa: S102
+    finally:
+        sys.path[:] = saved
+    return namespace["PIP"]
+
+
+def test_install_cell_does_nothing_when_installed():
+    assert run_install_cell(missing=False) == []
+
+
+def test_install_cell_installs_from_the_checkout_then_git(tmp_path, monkeypatch):
+    """From colabs/ of a checkout it installs that checkout; elsewhere the folder in
+    DPIAT_JAX_SOURCE, else the DPIAT_JAX_GIT URL, else it says what to do."""
+    checkout, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (checkout / "colabs").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    elsewhere.mkdir()
+    monkeypatch.delenv("DPIAT_JAX_GIT", raising=False)
+    monkeypatch.setenv("DPIAT_JAX_SOURCE", str(tmp_path / "nothing"))
+    monkeypatch.chdir(checkout / "colabs")
+    assert run_install_cell(missing=True) == [f'install --quiet -e "{checkout}[experiments]"']
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DPIAT_JAX_SOURCE", str(checkout))
+    assert run_install_cell(missing=True) == [f'install --quiet -e "{checkout}[experiments]"']
+    monkeypatch.setenv("DPIAT_JAX_SOURCE", str(tmp_path / "nothing"))
+    monkeypatch.setenv("DPIAT_JAX_GIT", "https://example.org/dpiat_jax.git")
+    git = 'install --quiet "dpiat_jax[experiments] @ git+https://example.org/dpiat_jax.git"'
+    assert run_install_cell(missing=True) == [git]
+    monkeypatch.delenv("DPIAT_JAX_GIT")
+    with pytest.raises(RuntimeError, match="DPIAT_JAX_GIT"):
+        run_install_cell(missing=True)
 
 
 def _kernel_env(kernels_dir: Path) -> dict[str, str]:

@@ -58,3 +58,32 @@ def test_api_table_lists_exactly_the_public_names():
         f"{sorted(listed - set(dpiat_jax.__all__))}, only in __all__ "
         f"{sorted(set(dpiat_jax.__all__) - listed)}"
     )
+
+
+def command_rows(text: str) -> dict[str, str]:
+    """``dpiat-jax`` subcommand -> its row of README's ``## Command line`` table."""
+    section = text.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `dpiat-jax (\w+)(.*?)$", section, re.MULTILINE)
+    return {name: rest for name, rest in rows}
+
+
+def test_command_rows_are_found():
+    text = "## Command line\n| `dpiat-jax demo [--out DIR]` | the demo |\n## Next\n"
+    assert command_rows(text) == {"demo": " [--out DIR]` | the demo |"}
+
+
+def test_cli_table_lists_every_option_of_every_subcommand():
+    """Each subcommand's row names every option its ``--help`` lists (``--help`` aside)."""
+    import argparse
+
+    from dpiat_jax.cli import main  # noqa: F401 - registers the subcommands
+    from dpiat_jax.cli.registry import SUBCOMMANDS
+
+    rows = command_rows((ROOT / "README.md").read_text())
+    assert set(rows) == set(SUBCOMMANDS), "README's CLI table and the subcommands differ"
+    for name, sub in SUBCOMMANDS.items():
+        parser = argparse.ArgumentParser()
+        sub.add_arguments(parser)
+        options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", parser.format_help()))
+        missing = sorted(o for o in options - {"--help"} if o not in rows[name])
+        assert not missing, f"README's row of `dpiat-jax {name}` lacks {missing}"

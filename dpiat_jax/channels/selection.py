@@ -21,6 +21,7 @@ import jax
 from dpiat_jax.channels.graph import ChannelGraph, TensorKey
 from dpiat_jax.channels.jaxpr import trace_channels
 from dpiat_jax.tensors import SelectChannelsFn, TensorFn, TensorRule, get_tensor_rule
+from dpiat_jax.trace.inputs import positional
 from dpiat_jax.types import ArrayTree, Shape, Variables
 
 __all__ = ["SelectionKey", "channel_selections", "needs_channels", "target_channels"]
@@ -82,7 +83,9 @@ def target_channels(
     if not needs_channels(rule):
         return None
     try:
-        return trace_channels(module, variables, sample_input, **dict(call_kwargs or {}))
+        return trace_channels(
+            module, variables, *positional(sample_input), **dict(call_kwargs or {})
+        )
     except Exception:  # noqa: BLE001 - the call-order fallback covers untraceable modules
         return None
 

@@ -650,23 +650,23 @@ def _transfer_body(args: argparse.Namespace) -> int:
 
     rng = jax.random.key(args.seed)
     progress(f"transferring {src.definition} -> {args.dst_def}")
-    try:
-        variables = dj.transfer(
-            loaded.variables, loaded.module, dst, rng, sample_input=loaded.sample_input
+    try:  # transfer(...) is plan(...).apply(...): one pipeline, its report printed below
+        the_plan = dj.plan(
+            loaded.module,
+            dst,
+            src_variables=loaded.variables,
+            sample_input=loaded.sample_input,
+            rng=rng,
         )
-        report = None
-        if args.report:
-            report = dj.match(
-                loaded.variables, loaded.module, dst, rng, sample_input=loaded.sample_input
-            )
+        variables = the_plan.apply(loaded.variables, rng)
     except (ValueError, TypeError) as err:
         raise _library_error(err, "transfer failed") from None
     progress(f"writing {args.out}")
     train.save_checkpoint(out, variables)
     sizes = [int(getattr(a, "size", 0)) for a in jax.tree.leaves(variables)]
     progress(f"wrote {args.out} ({len(sizes)} arrays, {sum(sizes):,} values)")
-    if report is not None:
-        print(report)
+    if args.report:
+        print(the_plan)
     return 0
 
 

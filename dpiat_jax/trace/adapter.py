@@ -5,7 +5,11 @@ apart) or as an NNX model (which holds its own variables). :func:`adapt` makes t
 once and returns an adapter with the same four operations for both:
 
 * ``trace(variables, sample_input, kwargs, argname)``: the module hierarchy in call
-  order (abstractly, ``jax.eval_shape``), as a :class:`Traced` record;
+  order (abstractly, ``jax.eval_shape``), as a :class:`Traced` record; ``call_kwargs``
+  and the number of positional inputs are checked against ``__call__`` first, sown
+  collections (``intermediates``) are ignored with a warning
+  (:mod:`dpiat_jax.trace.sown`), and a missing input is inferred
+  (:mod:`dpiat_jax.trace.inference`);
 * ``own_variables()``: the variables the model carries (an NNX model's state; None for
   a linen module);
 * ``init(rng, sample_input, kwargs)``: the target's fresh variables, a pure function
@@ -14,6 +18,8 @@ once and returns an adapter with the same four operations for both:
   in the source's form for linen, a new model for NNX).
 
 Every error names the user's argument (``argname``) and says what to pass instead.
+:func:`trace_target` traces a target with the source's input and warns when the
+target's shapes depend on which input was inferred.
 """
 
 from __future__ import annotations
@@ -30,14 +36,24 @@ import jax.numpy as jnp
 from dpiat_jax.layers import ModuleNode
 from dpiat_jax.trace import inputs
 from dpiat_jax.trace import nnx as nnx_trace
-from dpiat_jax.trace.inputs import CallSpec
+from dpiat_jax.trace.inference import InferredInput, check_choice, find_fitting_input
+from dpiat_jax.trace.inputs import CallSpec, positional
 from dpiat_jax.trace.linen import trace
+from dpiat_jax.trace.sown import drop_sown, split_sown
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
 
 if TYPE_CHECKING:
     from dpiat_jax.arguments import VariablesForm
 
-__all__ = ["Traced", "LinenModel", "NnxModel", "Model", "adapt", "model_variables"]
+__all__ = [
+    "Traced",
+    "LinenModel",
+    "NnxModel",
+    "Model",
+    "adapt",
+    "model_variables",
+    "trace_target",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +66,7 @@ class Traced:
       variables: the variables the layers hold.
       sample_input: the input used, abstract (``jax.ShapeDtypeStruct`` leaves).
       kwargs: the call keyword arguments used (with any inference-mode flag added).
+      inferred: how the input was inferred from the variables (None when given).
 
     >>> traced = adapt(nn.Dense(3), "module").trace(None, jnp.zeros((1, 2)), {}, "module")
     >>> traced.sample_input
@@ -60,6 +77,7 @@ class Traced:
     variables: Variables
     sample_input: ArrayTree
     kwargs: Mapping[str, Any]
+    inferred: InferredInput | None = None
 
 
 def _zeros(sample_input: ArrayTree) -> ArrayTree:
@@ -104,24 +122,32 @@ class LinenModel:
           The :class:`Traced` record.
 
         Raises:
+          TypeError: a keyword ``__call__`` does not take, or a wrong number of
+            positional inputs.
           ValueError: the input does not run, cannot be inferred, or the variables do
             not fit the module.
+
+        Warns:
+          IgnoredCollectionWarning: ``variables`` hold sown values (``intermediates``).
         """
-        module = self.module
+        module, name = self.module, type(self.module).__name__
         kwargs = inputs.call_kwargs_for(module, kwargs)
         if variables is None and sample_input is None:
             raise ValueError(
                 f"`{argname}` is a bare module: pass sample_input= so its layers can be "
                 "discovered (or pass its variables)."
             )
+        inputs.check_call(module, sample_input, kwargs, argname)
+        if variables is not None:
+            variables = drop_sown(variables, argname, name)
 
         def probe(x: ArrayTree) -> tuple[Variables, ModuleNode]:
-            root, abstract = trace(module, variables, (x,), kwargs)
+            root, abstract = trace(module, variables, positional(x), kwargs)
             return abstract, root
 
         if sample_input is None:
-            x, root = inputs.find_fitting_input(probe, variables, argname, type(module).__name__)
-            return Traced(root, variables, x, kwargs)
+            found, root = find_fitting_input(probe, variables, argname, name)
+            return Traced(root, variables, found.chosen, kwargs, found)
         x = inputs.abstract_tree(sample_input)
         try:
             abstract, root = probe(x)
@@ -138,7 +164,7 @@ class LinenModel:
         The ``params`` stream takes ``rng``, ``dropout`` ``fold_in(rng, 1)``.
         """
         rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
-        fresh = self.module.init(rngs, _zeros(sample_input), **kwargs)
+        fresh = self.module.init(rngs, *positional(_zeros(sample_input)), **kwargs)
         return flax.core.unfreeze(fresh)
 
     def result(self, variables: Variables, form: VariablesForm | None = None) -> ArrayTree:
@@ -186,19 +212,21 @@ class NnxModel:
         kwargs: Mapping[str, Any] | None,
         argname: str,
     ) -> Traced:
-        """Traces the model (abstractly); arguments as for :meth:`LinenModel.trace`,
-        ``variables`` defaulting to the model's own. Without an input, candidates from
-        the variables' shapes are tried until one runs."""
-        model, kwargs = self.model, dict(kwargs or {})
+        """Traces the model (abstractly); arguments, errors and warnings as for
+        :meth:`LinenModel.trace`, ``variables`` defaulting to the model's own. Without an
+        input, candidates from the variables' shapes are tried until one runs."""
+        model, name, kwargs = self.model, type(self.model).__name__, dict(kwargs or {})
+        inputs.check_call(model, sample_input, kwargs, argname)
         variables = self.own_variables() if variables is None else variables
+        variables = drop_sown(variables, argname, name)
 
         def probe(x: ArrayTree) -> tuple[Variables, ModuleNode]:
             # An NNX model's variables do not depend on the input: any input that runs.
             return variables, nnx_trace.trace_nnx(model, x, kwargs, variables)[0]
 
         if sample_input is None:
-            x, root = inputs.find_fitting_input(probe, variables, argname, type(model).__name__)
-            return Traced(root, variables, x, kwargs)
+            found, root = find_fitting_input(probe, variables, argname, name)
+            return Traced(root, variables, found.chosen, kwargs, found)
         x = inputs.abstract_tree(sample_input)
         try:
             _, root = probe(x)
@@ -207,9 +235,10 @@ class NnxModel:
         return Traced(root, variables, x, kwargs)
 
     def init(self, rng: PRNGKey, sample_input: ArrayTree, kwargs: Mapping[str, Any]) -> dict:
-        """Returns the model's own variables: an NNX target holds its fresh init."""
+        """Returns the model's own variables (without sown values): an NNX target holds
+        its fresh init."""
         del rng, sample_input, kwargs
-        return self.own_variables()
+        return split_sown(self.own_variables())[0]
 
     def result(self, variables: Variables, form: VariablesForm | None = None) -> Any:
         """Returns a new model holding ``variables`` (the given model is not changed;
@@ -261,3 +290,45 @@ def model_variables(obj: Any) -> Variables | None:
     True
     """
     return nnx_trace.nnx_variables(obj) if nnx_trace.is_nnx(obj) else None
+
+
+def trace_target(
+    model: Model,
+    variables: Variables | None,
+    src: Traced,
+    sample_input: ArrayTree | None,
+    kwargs: Mapping[str, Any] | None,
+    argname: str = "dst_def",
+) -> Traced:
+    """Traces a target with its own input, or else the source's (given or inferred).
+
+    When the source's input was inferred and another input fits the source as well, the
+    target is traced with that one too: if its variables differ, the choice decides the
+    target's shapes, and an :class:`~dpiat_jax.trace.inference.InputInferenceWarning`
+    says so (an NNX target, whose variables are its own, never warns).
+
+    Args:
+      model: the target's adapter.
+      variables: the target's own variables (an NNX model's, abstract) or None.
+      src: the traced source.
+      sample_input: the target's input; None to use the source's.
+      kwargs: the target's ``__call__`` keyword arguments.
+      argname: the target's argument, for messages.
+
+    Returns:
+      The traced target.
+
+    >>> x = jnp.zeros((1, 2))
+    >>> src = adapt(nn.Dense(3), "src_def").trace(None, x, {}, "src_def")
+    >>> trace_target(adapt(nn.Dense(5), "dst_def"), None, src, None, {}).sample_input
+    ShapeDtypeStruct(shape=(1, 2), dtype=float32)
+    """
+    x = src.sample_input if sample_input is None else sample_input
+    traced = model.trace(variables, x, kwargs, argname)
+    if sample_input is None and model.own_variables() is None:
+
+        def shapes(other: ArrayTree) -> Variables:
+            return model.trace(variables, other, kwargs, argname).variables
+
+        check_choice(shapes, traced.variables, src.inferred, argname)
+    return traced

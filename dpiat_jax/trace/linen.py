@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -21,9 +21,24 @@ from dpiat_jax.types import ModulePath
 __all__ = ["record_calls", "trace"]
 
 
-def record_calls(fn, *args, **kwargs) -> tuple[Any, list[ModuleCall]]:
-    """Runs ``fn`` under ``nn.intercept_methods``; returns its result and the modules
-    in the order of their first call."""
+def record_calls(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[ModuleCall]]:
+    """Runs ``fn`` under ``nn.intercept_methods`` and records the modules it calls.
+
+    The interceptor stack of linen is thread-local, so concurrent calls in several
+    threads record their own modules only.
+
+    Args:
+      fn: the function to run (e.g. ``jax.eval_shape``).
+      *args, **kwargs: its arguments.
+
+    Returns:
+      ``(fn's result, the modules in the order of their first call)``.
+
+    >>> x = jax.ShapeDtypeStruct((1, 3), jax.numpy.float32)
+    >>> _, calls = record_calls(jax.eval_shape, nn.Dense(2).init, jax.random.key(0), x)
+    >>> [(c.path, c.module_type.__name__) for c in calls]
+    [((), 'Dense')]
+    """
     calls: dict[ModulePath, ModuleCall] = {}
 
     def interceptor(next_fun, call_args, call_kwargs, context):
@@ -74,6 +89,20 @@ def trace(
     The hierarchy holds ``variables`` when given (the caller's arrays, never copied),
     otherwise the abstract ``jax.ShapeDtypeStruct`` leaves of the init. Traces are
     cached by module configuration, input shapes and keyword arguments.
+
+    Args:
+      module: a linen module.
+      variables: the arrays the layers hold, or None for the init's abstract leaves.
+      args: the positional inputs of ``__call__`` (arrays or ``jax.ShapeDtypeStruct``).
+      kwargs: its keyword arguments (static).
+
+    Returns:
+      The root :class:`~dpiat_jax.layers.ModuleNode` and the init's abstract variables.
+
+    >>> x = jax.ShapeDtypeStruct((1, 3), jax.numpy.float32)
+    >>> root, abstract = trace(nn.Dense(2), None, (x,), {})
+    >>> [layer.kind for layer in root.children], abstract["params"]["kernel"].shape
+    (['dense'], (3, 2))
     """
     spec = _input_spec(args)
     try:

@@ -2,17 +2,26 @@
 
 An NNX model holds its own state, so it replaces the ``(module, variables)`` pair that a
 linen model needs. This module gives the two views the pipeline uses: the module
-hierarchy in call order (recorded while the model runs abstractly under
-``jax.eval_shape``, with each module class's ``__call__`` wrapped for the duration) with
-the model's variables as a linen-style variables dict (``nnx.Param`` -> ``"params"``,
-``nnx.BatchStat`` -> ``"batch_stats"``, other variable types by their class name; RNG
-state is not transferable and is left out); and the way back, a copy of a target model
-whose variables are replaced.
+hierarchy in call order with the model's variables as a linen-style variables dict
+(``nnx.Param`` -> ``"params"``, ``nnx.BatchStat`` -> ``"batch_stats"``, other variable
+types by their class name; RNG state is not transferable and is left out); and the way
+back, a copy of a target model whose variables are replaced.
+
+How calls are recorded, without patching any class: the model is split and merged again
+inside ``jax.eval_shape`` (:func:`nnx.split` / :func:`nnx.merge`), which gives a private
+copy of its modules that nothing else can reach. Each module of that copy whose class
+has a ``__call__`` is given a *recording subclass* of its class (made once per class and
+cached; it only appends the module's identity to the recorder of the current context and
+calls the original ``__call__``). The recorder lives in a :mod:`contextvars` variable, so
+concurrent traces in several threads never see each other's calls, and the user's model
+and classes are never changed: tracing is thread-safe without a lock around the model.
 """
 
 from __future__ import annotations
 
+import contextvars
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +29,8 @@ import jax
 from flax import traverse_util
 
 from dpiat_jax.layers import ModuleCall, ModuleNode, build_hierarchy
-from dpiat_jax.types import Variables
+from dpiat_jax.trace.inputs import positional
+from dpiat_jax.types import ArrayTree, Variables
 
 #: An ``nnx.Module`` instance (``flax.nnx`` is imported only when one is handled).
 NnxModule = Any
@@ -105,37 +115,69 @@ def nnx_variables(model: NnxModule) -> dict[str, Any]:
     return traverse_util.unflatten_dict(flat) if flat else {}
 
 
-def _record_order(model: NnxModule, sample_input: Any, kwargs: Mapping[str, Any]):
-    """Runs the model abstractly; returns its modules' paths in first-call order."""
+#: The calls recorded by the trace running in this context (thread or task), if any.
+_RECORDER: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "dpiat_jax_nnx_calls", default=None
+)
+_RECORDING_CLASSES: dict[type, type] = {}
+_RECORDING_LOCK = threading.Lock()
+
+
+def _recording_class(cls: type) -> type:
+    """The subclass of ``cls`` whose ``__call__`` records the module, then runs ``cls``'s.
+
+    Made once per class (creating an NNX class registers it with JAX and NNX, so it is
+    not repeated); the lock only guards the cache, and is released by ``with``.
+    """
+    with _RECORDING_LOCK:
+        sub = _RECORDING_CLASSES.get(cls)
+        if sub is None:
+
+            def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+                calls = _RECORDER.get()
+                if calls is not None:
+                    calls.append(id(self))
+                return cls.__call__(self, *args, **kwargs)
+
+            namespace = {"__call__": __call__, "__module__": cls.__module__}
+            namespace["__qualname__"] = cls.__qualname__
+            options = {}
+            if hasattr(cls, "_pytree__is_pytree"):
+                options["pytree"] = cls._pytree__is_pytree
+            sub = _RECORDING_CLASSES[cls] = type(cls)(cls.__name__, (cls,), namespace, **options)
+        return sub
+
+
+def _has_call(cls: type) -> bool:
+    """Whether instances of ``cls`` are callable (a class of its MRO defines __call__)."""
+    return any("__call__" in vars(k) for k in cls.__mro__ if k is not object)
+
+
+def _record_order(model: NnxModule, sample_input: ArrayTree, kwargs: Mapping[str, Any]):
+    """Runs the model abstractly; returns its modules' paths in first-call order.
+
+    The run uses a private copy of the model (``nnx.merge`` inside ``jax.eval_shape``)
+    whose callable modules are switched to recording subclasses of their classes.
+    """
     nnx = _nnx()
-    classes = {type(m) for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)}
-    owners = {
-        k for cls in classes for k in cls.__mro__ if "__call__" in vars(k) and k is not object
-    }
     order: list[tuple] = []
     graphdef, state = nnx.split(model)
 
-    def run(state, x):
+    def run(state, args):
         m = nnx.merge(graphdef, state)
-        # Identities are only compared within this one run of the merged model.
-        paths = {id(mod): p for p, mod in nnx.iter_graph(m) if isinstance(mod, nnx.Module)}
+        # Identities are only compared within this one run of the private copy.
+        paths = {}
+        for p, mod in nnx.iter_graph(m):
+            if isinstance(mod, nnx.Module):
+                paths[id(mod)] = p
+                if _has_call(type(mod)):
+                    object.__setattr__(mod, "__class__", _recording_class(type(mod)))
         calls: list[int] = []
-        originals = {k: vars(k)["__call__"] for k in owners}
-
-        def wrap(fn):
-            def wrapper(self, *args, **kw):
-                calls.append(id(self))
-                return fn(self, *args, **kw)
-
-            return wrapper
-
+        token = _RECORDER.set(calls)
         try:
-            for k, fn in originals.items():
-                k.__call__ = wrap(fn)
-            out = m(x, **kwargs)
+            out = m(*args, **kwargs)
         finally:
-            for k, fn in originals.items():
-                k.__call__ = fn
+            _RECORDER.reset(token)
         seen = set()
         for i in calls:
             if i in paths and i not in seen:
@@ -143,7 +185,7 @@ def _record_order(model: NnxModule, sample_input: Any, kwargs: Mapping[str, Any]
                 order.append(paths[i])
         return out
 
-    jax.eval_shape(run, state, sample_input)
+    jax.eval_shape(run, state, positional(sample_input))
     return order
 
 
@@ -160,8 +202,10 @@ def trace_nnx(
 
     Args:
       model: an ``nnx.Module``.
-      sample_input: one example batch (an array or a ``jax.ShapeDtypeStruct``); the
-        model runs abstractly (``jax.eval_shape``), nothing is computed.
+      sample_input: one example batch (an array or a ``jax.ShapeDtypeStruct``), or an
+        :class:`~dpiat_jax.trace.inputs.Inputs` record of several positional inputs; the
+        model runs abstractly (``jax.eval_shape``), nothing is computed. Thread-safe:
+        no class or model is patched (see the module's docstring).
       kwargs: keyword arguments of the model's ``__call__``.
       variables: the arrays (or ``jax.ShapeDtypeStruct`` leaves) the hierarchy's layers
         hold, with the structure of :func:`nnx_variables`; the model's own by default.
