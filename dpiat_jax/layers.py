@@ -23,6 +23,7 @@ from flax import traverse_util
 
 from dpiat_jax import kinds
 from dpiat_jax.spec import LayerSpec
+from dpiat_jax.stacking import Stack, StackSite, find_sites, unstack_tensors
 from dpiat_jax.types import ModulePath, Shape, Variables
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "iter_layers",
     "layer_kind",
     "layers",
+    "split_steps",
 ]
 
 #: A layer's tensors: collection -> tensor name -> array (or ``jax.ShapeDtypeStruct``).
@@ -70,6 +72,8 @@ class Layer:
       tensors: collection -> tensor name -> array (or ``jax.ShapeDtypeStruct``); tensor
         names are relative to ``path`` (``"kernel"``, or ``"sub/x"`` for nested dicts).
       main: the name of the principal tensor in ``params`` ("" for a placeholder).
+      stack: where the layer sits in a module stacked by ``nn.scan`` / ``nn.vmap``
+        (:mod:`dpiat_jax.stacking`); its ``tensors`` then hold one step's shapes.
 
     >>> import jax.numpy as jnp
     >>> layer = Layer(("Dense_0",), "dense", "Dense", {"params": {"kernel": jnp.zeros((3, 4))}},
@@ -85,6 +89,7 @@ class Layer:
     type_name: str
     tensors: Tensors = dataclasses.field(compare=False)
     main: str
+    stack: Stack | None = None
 
     @property
     def is_placeholder(self) -> bool:
@@ -111,12 +116,26 @@ class Layer:
 
     @property
     def name(self) -> str:
-        """The module path joined with ``/`` (``"<root>"`` for the root)."""
-        return "/".join(self.path) or "<root>"
+        """The module path joined with ``/`` (``"<root>"`` for the root); a step of a
+        stacked module carries its index (``layers[2]/fc``, ``ensemble[*]`` for all
+        members)."""
+        parts = list(self.path)
+        if self.stack is not None and self.stack.root:
+            at = len(self.stack.root) - 1
+            parts[at] += self.stack.label()
+        return "/".join(parts) or "<root>"
 
     def num_params(self) -> int:
-        """Returns the number of scalars this layer owns in all collections."""
-        return sum(_size(t) for group in self.tensors.values() for t in group.values())
+        """Returns the number of scalars this layer owns in all collections (all the
+        members of a parallel stack)."""
+        total = 0
+        for collection, group in self.tensors.items():
+            for name, tensor in group.items():
+                members = 1
+                if self.stack is not None and self.stack.parallel:
+                    members = self.stack.size if f"{collection}/{name}" in self.stack.tensors else 1
+                total += members * _size(tensor)
+        return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +166,12 @@ class ModuleCall:
       path: the module path from the root.
       module_type: the module's class.
       attrs: the attributes the kind rules need (``feature_group_count``).
+      local: the shapes of the module's variables as the module itself saw them on its
+        first call (``(collection, *relative key)`` -> shape). Inside ``nn.scan`` or
+        ``nn.vmap`` these are one step's (one member's) shapes, while the model's
+        variables hold them stacked on an extra axis (:mod:`dpiat_jax.stacking`).
+      batched: the module ran under a batching transform (``nn.vmap``): its stacked
+        variables are parallel members, not sequential steps.
 
     >>> import flax.linen as nn
     >>> ModuleCall(("Dense_0",), nn.Dense, {}).module_type.__name__
@@ -156,6 +181,8 @@ class ModuleCall:
     path: ModulePath
     module_type: type
     attrs: Mapping[str, Any]
+    local: Mapping[tuple[str, ...], Shape] = dataclasses.field(default_factory=dict)
+    batched: bool = False
 
 
 def _size(x: Any) -> int:
@@ -286,33 +313,92 @@ def _children(paths: Sequence[ModulePath]) -> dict[ModulePath, list[ModulePath]]
     return children
 
 
-def _leaf(call: ModuleCall, tensors: Tensors, kind: str | None = None) -> Layer:
+def _leaf(
+    call: ModuleCall, tensors: Tensors, kind: str | None = None, site: StackSite | None = None
+) -> Layer:
     """The :class:`Layer` of a module's tensors (its kind from :func:`layer_kind` unless
-    given; a module without tensors is a placeholder)."""
+    given; a module without tensors is a placeholder); below a stacked site, one step's."""
+    stack = None
+    if site is not None:
+        tensors, stacked = unstack_tensors(site, call.path, tensors)
+        stack = Stack(site.root, site.axis, site.size, site.parallel, None, stacked)
     params = tensors.get("params", {})
     main = _main_tensor(params, tensors)
     if kind is None:
         kind = layer_kind(call.module_type, call.attrs, params) if main else kinds.PLACEHOLDER
-    return Layer(call.path, kind, call.module_type.__name__, tensors, main)
+    return Layer(call.path, kind, call.module_type.__name__, tensors, main, stack)
 
 
-def _node(
-    path: ModulePath,
-    calls: Mapping[ModulePath, ModuleCall],
-    children: Mapping[ModulePath, list[ModulePath]],
-    grouped: Mapping[ModulePath, Tensors],
-) -> ModuleNode | Layer:
+@dataclasses.dataclass(frozen=True)
+class _Tree:
+    """What :func:`_node` reads: the calls by path, the children, the grouped tensors
+    and the stacked sites."""
+
+    calls: Mapping[ModulePath, ModuleCall]
+    children: Mapping[ModulePath, list[ModulePath]]
+    grouped: Mapping[ModulePath, Tensors]
+    sites: Mapping[ModulePath, StackSite]
+
+
+def _node(path: ModulePath, tree: _Tree, site: StackSite | None = None) -> ModuleNode | Layer:
     """The hierarchy below ``path``: a layer for a leaf module, else a node whose first
-    child is the pseudo-layer of the module's own tensors (when it has any)."""
-    call = calls[path]
-    own = grouped.get(path, {})
-    if not children[path]:
-        return _leaf(call, own)
+    child is the pseudo-layer of the module's own tensors (when it has any). A module
+    scanned by ``nn.scan`` becomes a node of its steps (:func:`split_steps`)."""
+    if site is None and path in tree.sites:
+        site = tree.sites[path]
+        node = _node(path, tree, site)
+        return node if site.parallel else split_steps(node, site)
+    call = tree.calls[path]
+    own = tree.grouped.get(path, {})
+    if not tree.children[path]:
+        return _leaf(call, own, site=site)
     kids: list[ModuleNode | Layer] = []
     if own:
-        kids.append(_leaf(call, own, kind=kinds.own(call.module_type.__name__)))
-    kids.extend(_node(c, calls, children, grouped) for c in children[path])
+        kids.append(_leaf(call, own, kind=kinds.own(call.module_type.__name__), site=site))
+    kids.extend(_node(c, tree, site) for c in tree.children[path])
     return ModuleNode(path, call.module_type.__name__, tuple(kids))
+
+
+def _at_step(node: ModuleNode | Layer, index: int) -> ModuleNode | Layer | None:
+    """``node`` as step ``index`` of its scan: every layer's stack gets the index; a
+    tensor shared by all steps stays with step 0 only (it is moved once)."""
+    if isinstance(node, ModuleNode):
+        kids = [k for k in (_at_step(c, index) for c in node.children) if k is not None]
+        return ModuleNode(node.path, node.type_name, tuple(kids))
+    stack = node.stack
+    if stack is None:
+        return node
+    tensors = node.tensors
+    if index > 0:
+        tensors = {
+            c: {n: t for n, t in g.items() if f"{c}/{n}" in stack.tensors}
+            for c, g in tensors.items()
+        }
+        tensors = {c: g for c, g in tensors.items() if g}
+    main = node.main if any(node.main in g for g in tensors.values()) else ""
+    kind = node.kind if main else kinds.PLACEHOLDER
+    stack = dataclasses.replace(stack, index=index)
+    return Layer(node.path, kind, node.type_name, tensors, main, stack)
+
+
+def split_steps(node: ModuleNode | Layer, site: StackSite) -> ModuleNode:
+    """Returns a scanned module as a node of its steps, one copy of ``node`` per step.
+
+    Args:
+      node: the scanned module's hierarchy, its layers holding one step's shapes.
+      site: the stacked module.
+
+    Returns:
+      A :class:`ModuleNode` at ``site.root`` whose children are the steps in order.
+
+    >>> site = StackSite(("s",), 0, 2, False, {})
+    >>> layer = Layer(("s",), "dense", "Dense", {}, "kernel", Stack(("s",), 0, 2, False))
+    >>> [x.name for x in split_steps(layer, site).children]
+    ['s[0]', 's[1]']
+    """
+    type_name = node.type_name
+    steps = tuple(_at_step(node, i) for i in range(site.size))
+    return ModuleNode(site.root, type_name, tuple(s for s in steps if s is not None))
 
 
 def build_hierarchy(calls: Sequence[ModuleCall], variables: Variables) -> ModuleNode:
@@ -340,8 +426,9 @@ def build_hierarchy(calls: Sequence[ModuleCall], variables: Variables) -> Module
         paths.insert(0, ())
         calls = [ModuleCall((), nn.Module, {}), *calls]
     by_path = {c.path: c for c in calls}
-    grouped = group_variables(variables, paths)
-    root = _node((), by_path, _children(paths), grouped)
+    tree = _Tree(by_path, _children(paths), group_variables(variables, paths), {})
+    tree = dataclasses.replace(tree, sites=find_sites(calls, variables))
+    root = _node((), tree)
     if isinstance(root, Layer):
         return ModuleNode((), root.type_name, (root,))
     return root

@@ -26,11 +26,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 from flax import traverse_util
 
 from dpiat_jax.layers import ModuleCall, ModuleNode, build_hierarchy
+from dpiat_jax.stacking import inserted_axes
 from dpiat_jax.trace.inputs import positional
-from dpiat_jax.types import ArrayTree, Variables
+from dpiat_jax.trace.linen import local_shapes
+from dpiat_jax.types import ArrayTree, Shape, Variables
 
 #: An ``nnx.Module`` instance (``flax.nnx`` is imported only when one is handled).
 NnxModule = Any
@@ -116,7 +119,7 @@ def nnx_variables(model: NnxModule) -> dict[str, Any]:
 
 
 #: The calls recorded by the trace running in this context (thread or task), if any.
-_RECORDER: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+_RECORDER: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
     "dpiat_jax_nnx_calls", default=None
 )
 _RECORDING_CLASSES: dict[type, type] = {}
@@ -134,9 +137,9 @@ def _recording_class(cls: type) -> type:
         if sub is None:
 
             def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-                calls = _RECORDER.get()
-                if calls is not None:
-                    calls.append(id(self))
+                recorder = _RECORDER.get()
+                if recorder is not None:
+                    recorder.record(self)
                 return cls.__call__(self, *args, **kwargs)
 
             namespace = {"__call__": __call__, "__module__": cls.__module__}
@@ -153,14 +156,74 @@ def _has_call(cls: type) -> bool:
     return any("__call__" in vars(k) for k in cls.__mro__ if k is not object)
 
 
+class _Recorder:
+    """The calls of one traced run: module identities in call order, and the local
+    variable shapes of modules that are copies made inside a transform (``nnx.scan``,
+    ``nnx.vmap`` merge a copy of the module they run, with one step's variables)."""
+
+    def __init__(self, known: Mapping[int, tuple]) -> None:
+        self.known = known
+        self.calls: list[int] = []
+        self.copies: dict[int, tuple[type, dict, bool]] = {}
+
+    def record(self, module: Any) -> None:
+        key = id(module)
+        self.calls.append(key)
+        if key not in self.known and key not in self.copies:
+            local, batched = local_shapes(nnx_variables(module))
+            self.copies[key] = (type(module), local, batched)
+
+
+def _fits(local: Mapping[tuple, Shape], flat: Mapping[tuple, Any], path: tuple) -> bool:
+    """Whether a copy's local shapes are those of the module at ``path``, as they are or
+    with one stacking axis inserted."""
+    if not local:
+        return False
+    for (collection, *rel), shape in local.items():
+        value = flat.get((collection, *path, *rel))
+        if value is None:
+            return False
+        full = tuple(np.shape(value))
+        if full != tuple(shape) and not inserted_axes(full, shape):
+            return False
+    return True
+
+
+def _place_copies(
+    recorder: _Recorder, paths: Mapping[int, tuple], model: NnxModule
+) -> dict[int, tuple]:
+    """Gives every copy made inside a transform the path of the module it copies (same
+    class, fitting variables; each path once, in definition order)."""
+    nnx = _nnx()
+    flat = {(c, *path): _value(v) for path, c, v in _variables(model)}
+    originals = [
+        (tuple(str(x) for x in p), m) for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)
+    ]
+    taken = {paths[i] for i in recorder.calls if i in paths}
+    placed: dict[int, tuple] = {}
+    for key in dict.fromkeys(recorder.calls):
+        if key not in recorder.copies:
+            continue
+        cls, local, _ = recorder.copies[key]
+        for path, module in originals:
+            base = type(module)
+            if path not in taken and issubclass(cls, base) and _fits(local, flat, path):
+                taken.add(path)
+                placed[key] = path
+                break
+    return placed
+
+
 def _record_order(model: NnxModule, sample_input: ArrayTree, kwargs: Mapping[str, Any]):
-    """Runs the model abstractly; returns its modules' paths in first-call order.
+    """Runs the model abstractly; returns its modules' paths in first-call order and
+    the local shapes of those that ran inside a transform (path -> (shapes, batched)).
 
     The run uses a private copy of the model (``nnx.merge`` inside ``jax.eval_shape``)
     whose callable modules are switched to recording subclasses of their classes.
     """
     nnx = _nnx()
     order: list[tuple] = []
+    local: dict[tuple, tuple[dict, bool]] = {}
     graphdef, state = nnx.split(model)
 
     def run(state, args):
@@ -169,24 +232,29 @@ def _record_order(model: NnxModule, sample_input: ArrayTree, kwargs: Mapping[str
         paths = {}
         for p, mod in nnx.iter_graph(m):
             if isinstance(mod, nnx.Module):
-                paths[id(mod)] = p
+                paths[id(mod)] = tuple(str(x) for x in p)
                 if _has_call(type(mod)):
                     object.__setattr__(mod, "__class__", _recording_class(type(mod)))
-        calls: list[int] = []
-        token = _RECORDER.set(calls)
+        recorder = _Recorder(paths)
+        token = _RECORDER.set(recorder)
         try:
             out = m(*args, **kwargs)
         finally:
             _RECORDER.reset(token)
+        placed = _place_copies(recorder, paths, model)
+        for key, path in placed.items():
+            _, shapes, batched = recorder.copies[key]
+            local[path] = (shapes, batched)
         seen = set()
-        for i in calls:
-            if i in paths and i not in seen:
-                seen.add(i)
-                order.append(paths[i])
+        for i in recorder.calls:
+            path = paths.get(i, placed.get(i))
+            if path is not None and path not in seen:
+                seen.add(path)
+                order.append(path)
         return out
 
     jax.eval_shape(run, state, positional(sample_input))
-    return order
+    return order, local
 
 
 def trace_nnx(
@@ -221,11 +289,11 @@ def trace_nnx(
     """
     nnx = _nnx()
     kwargs = dict(kwargs or {})
-    order = _record_order(model, sample_input, kwargs)
+    order, local = _record_order(model, sample_input, kwargs)
     by_path = {
         tuple(str(x) for x in p): m for p, m in nnx.iter_graph(model) if isinstance(m, nnx.Module)
     }
-    paths = [tuple(str(x) for x in p) for p in order]
+    paths = list(order)
     if () not in paths:
         paths.insert(0, ())
     owners = {path[:-1] for path, _, _ in _variables(model)}
@@ -235,6 +303,7 @@ def trace_nnx(
             p,
             type(by_path[p]),
             {"feature_group_count": getattr(by_path[p], "feature_group_count", None)},
+            *local.get(p, ({}, False)),
         )
         for p in paths
     ]
