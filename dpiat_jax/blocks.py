@@ -8,7 +8,10 @@ exactly one child stays at its parent's level):
 3. a child result is spliced into the parent list when it is a two-level structure or a
    list with fewer than two dimensional (conv, dense: :func:`dpiat_jax.kinds.is_dimensional`)
    layers below it; otherwise it is added as one element (a block if a list, a single
-   layer if a leaf);
+   layer if a leaf). Extension (issue 12, no published zoo model has such a child): a
+   two-level structure with at least two sub-blocks *and* at least two single layers
+   beside them is one unit (a transformer block: norm, attention, norm, MLP) and is
+   added as one element, so that attention aligns with attention and MLP with MLP;
 4. at level > 0, a list with more single layers than blocks is flattened one level and
    becomes a one-level structure; otherwise (and always at level 0) it is two-level;
 5. a one-element list collapses to its element (one-level); the root is always a list.
@@ -46,6 +49,16 @@ def _dimensional_count(items: list) -> int:
     )
 
 
+def _is_unit(items: list) -> bool:
+    """Whether a two-level structure is one unit of sub-blocks with layers between them
+    (a transformer block: norm, attention, norm, MLP), which is kept as one element so
+    that attention aligns with attention and MLP with MLP; a stage of blocks (no single
+    layer beside them but a shortcut) is spliced as rule 3 says."""
+    blocks_in = [x for x in items if isinstance(x, list)]
+    singles = [x for x in items if isinstance(x, Layer) and not x.is_placeholder]
+    return len(blocks_in) >= 2 and len(singles) >= 2
+
+
 def _child_items(node: ModuleNode, child_level: int) -> list:
     """Rules 1-3: the standardised children of ``node``, spliced or added as elements."""
     items: list = []
@@ -53,7 +66,9 @@ def _child_items(node: ModuleNode, child_level: int) -> list:
         result = _standardise(child, child_level)
         if isinstance(result, Layer):
             items.append(result)
-        elif result.two_level or _dimensional_count(result.items) < 2:
+        elif (result.two_level and not _is_unit(result.items)) or (
+            _dimensional_count(result.items) < 2
+        ):
             items.extend(result.items)
         else:
             items.append(result.items)

@@ -79,6 +79,9 @@ class MatchReport:
         all target scalars (every collection).
       score: the top-level alignment score; similarity: score / the target's self score.
       matcher, tensor_rule: how the pairs and tensors were produced.
+      fused: ``(target tensor, axis, parts)`` of the tensors moved part by part as
+        fused projections (:mod:`dpiat_jax.fused`); the axis of one step for a tensor
+        stacked by ``nn.scan``.
       inferred_input: the shape of the source input inferred from its variables (the
         smallest that fits them); None when ``sample_input`` was given. Not compared:
         a plan from an inferred input equals one from the same input given.
@@ -100,6 +103,7 @@ class MatchReport:
     similarity: float
     matcher: str = "dp"
     tensor_rule: str = "clip"
+    fused: tuple[tuple[str, int, int], ...] = ()
     inferred_input: tuple[int, ...] | None = dataclasses.field(default=None, compare=False)
     src_blocks: list | None = dataclasses.field(default=None, repr=False, compare=False)
     dst_blocks: list | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -202,6 +206,9 @@ class MatchReport:
         if self.unmatched_src:
             lines += ["", f"source layers not used ({len(self.unmatched_src)}):"]
             lines += [f"  {p}" for p in self.unmatched_src]
+        if self.fused:
+            lines += ["", f"fused tensors, moved part by part ({len(self.fused)}):"]
+            lines += [f"  {d}: {n} parts along axis {a}" for d, a, n in self.fused]
         if self.skipped:
             lines += ["", f"tensors not moved ({len(self.skipped)}):"]
             lines += [f"  {d} <- {s}: {why}" for d, s, why in self.skipped]

@@ -6,7 +6,9 @@ Unknown names fail at once, with the valid choices named.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
+from dpiat_jax.fused import FusedRule, parse_fused
 from dpiat_jax.matchers import Matcher, matcher_name
 from dpiat_jax.tensors import TensorFn, TensorRule, get_tensor_rule
 
@@ -25,6 +27,8 @@ class Options:
       tensor_rule: a name in ``dpiat_jax.tensors.TENSOR_RULES``, a
         :class:`~dpiat_jax.tensors.TensorRule` or a function ``(src, dst, rng) -> array``.
       on_nonfinite: one of :data:`NONFINITE_POLICIES`.
+      fused: layer-name pattern -> part count (or ``(count, axis)``) of fused
+        projections the forward pass does not reveal (:mod:`dpiat_jax.fused`).
 
     Raises:
       ValueError: an unknown matcher, tensor rule or policy, naming the choices.
@@ -37,8 +41,10 @@ class Options:
     matcher: str | Matcher = "dp"
     tensor_rule: str | TensorRule | TensorFn = "clip"
     on_nonfinite: str = "warn"
+    fused: Mapping[str, int | tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
+        parse_fused(self.fused)
         get_tensor_rule(self.tensor_rule)
         matcher_name(self.matcher)
         if self.on_nonfinite not in NONFINITE_POLICIES:
@@ -51,6 +57,11 @@ class Options:
     def matcher_name(self) -> str:
         """The matcher's name (a function's ``__name__``)."""
         return matcher_name(self.matcher)
+
+    @property
+    def fused_rules(self) -> tuple[FusedRule, ...]:
+        """The validated ``fused=`` rules."""
+        return parse_fused(self.fused)
 
     @property
     def rule(self) -> TensorRule:

@@ -18,9 +18,11 @@ The pipeline splits in two, as optax splits a transformation into ``init`` and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,8 +33,9 @@ from flax import traverse_util
 
 from dpiat_jax.arguments import as_key, as_variables, split_inputs, split_kwargs
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
-from dpiat_jax.channels import call_order_channels, target_channels
+from dpiat_jax.channels import call_order_channels, fused_axes, target_channels
 from dpiat_jax.coverage import warn_low_coverage
+from dpiat_jax.fused import with_parts
 from dpiat_jax.matchers import Matcher, align
 from dpiat_jax.matching import LayerPair, MatchReport, build_report, layer_pairs
 from dpiat_jax.nonfinite import enforce, finite_flags
@@ -41,7 +44,7 @@ from dpiat_jax.placement import check_shardings, constrain, shardings_key
 from dpiat_jax.similarity import alignment_similarity
 from dpiat_jax.tensors import TENSOR_RULES, TensorFn, TensorRule, get_tensor_rule
 from dpiat_jax.trace.adapter import Model, Traced, adapt, trace_target
-from dpiat_jax.trace.inputs import abstract_tree
+from dpiat_jax.trace.inputs import Inputs, abstract_tree
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
 from dpiat_jax.variables import (
     ChannelGroup,
@@ -263,10 +266,45 @@ class TransferPlan:
         key = (keep, shardings_key(out_shardings))
         fn = self.compiled.get(key)
         if fn is None:
-            program = functools.partial(self._program, collections=keep)
-            shardings = None if out_shardings is None else (out_shardings, None)
-            fn = self.compiled[key] = jax.jit(program, out_shardings=shardings)
+            shared = self._fingerprint(key)
+            fn = None if shared is None else _PROGRAMS.get(shared)
+            if fn is None:
+                program = functools.partial(self._program, collections=keep)
+                shardings = None if out_shardings is None else (out_shardings, None)
+                fn = jax.jit(program, out_shardings=shardings)
+                if shared is not None:
+                    _PROGRAMS.put(shared, fn)
+            self.compiled[key] = fn
         return fn
+
+    def _fingerprint(self, key: tuple) -> tuple | None:
+        """What the compiled program depends on, hashable; None when something is not
+        (an unhashable keyword). Equal plans then share one program, so a repeated
+        ``transfer`` between the same architectures compiles once. A target that cannot
+        be hashed by value (a Hugging Face module holds its config object) counts by
+        identity: the same object again. An NNX target is never shared (its init reads
+        the model's current state)."""
+        module = self.model.linen_module
+        if module is None:  # an NNX target's init reads its current state
+            return None
+        parts = (
+            key,
+            _hashable(module),
+            self.moves,
+            self.channel_groups,
+            tuple(self.sources.items()),
+            tuple(self.target.items()),
+            self.checked,
+            abstract_tree(self.sample_input),
+            tuple(sorted(self.call_kwargs.items())),
+            self.rule,
+            self.on_nonfinite,
+        )
+        try:
+            hash(parts)
+        except TypeError:
+            return None
+        return parts
 
     def _program(
         self, sources: Mapping[TensorKey, jax.Array], rng: PRNGKey, *, collections: tuple
@@ -313,14 +351,13 @@ class TransferPlan:
         >>> again.report.pairs == p.report.pairs, again.moves == p.moves
         (True, True)
         """
-        if not isinstance(self.sample_input, jax.ShapeDtypeStruct):
-            raise TypeError("TransferPlan.to_json supports a target input that is one array.")
+        _input_json(self.sample_input)  # fails early, before anything is built
         data = {
             "version": _JSON_VERSION,
             "matcher": self.matcher,
             "tensor_rule": self.rule.name,
             "on_nonfinite": self.on_nonfinite,
-            "sample_input": _spec_json(self.sample_input),
+            "sample_input": _input_json(self.sample_input),
             "call_kwargs": dict(self.call_kwargs),
             "report": _report_json(self.report),
             "moves": [dataclasses.asdict(m) for m in self.moves],
@@ -365,8 +402,7 @@ class TransferPlan:
         data = json.loads(text)
         rule = _stored_rule(data["tensor_rule"], tensor_rule)
         model = adapt(dst_def, "dst_def")
-        shape, dtype = data["sample_input"]
-        x = jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+        x = _input_from(data["sample_input"])
         target = {tuple(k): _spec_from(s, d) for k, s, d in data["target"]}
         traced = model.trace(
             abstract_tree(model.own_variables()), x, data["call_kwargs"], "dst_def"
@@ -401,6 +437,28 @@ def _spec_json(x: jax.ShapeDtypeStruct) -> list:
     return [list(x.shape), jnp.dtype(x.dtype).name]
 
 
+def _input_json(sample_input: ArrayTree) -> list:
+    """The target input as JSON: ``[shape, dtype]`` for one array, ``{"inputs": [...]}``
+    for several positional ones (an :class:`~dpiat_jax.Inputs` of arrays)."""
+    if isinstance(sample_input, jax.ShapeDtypeStruct):
+        return _spec_json(sample_input)
+    if isinstance(sample_input, Inputs) and all(
+        isinstance(a, jax.ShapeDtypeStruct) for a in sample_input.args
+    ):
+        return {"inputs": [_spec_json(a) for a in sample_input.args]}
+    raise TypeError(
+        "TransferPlan.to_json supports a target input that is one array or an Inputs "
+        f"record of arrays, got {type(sample_input).__name__}."
+    )
+
+
+def _input_from(data: list | dict) -> ArrayTree:
+    """The inverse of :func:`_input_json`."""
+    if isinstance(data, dict):
+        return Inputs(*(_spec_from(*spec) for spec in data["inputs"]))
+    return _spec_from(*data)
+
+
 def _spec_from(shape: list, dtype: str) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
 
@@ -418,6 +476,7 @@ def _report_from(data: dict) -> MatchReport:
     data["skipped"] = tuple(tuple(x) for x in data["skipped"])
     data["unmatched_src"] = tuple(data["unmatched_src"])
     data["unmatched_dst"] = tuple(data["unmatched_dst"])
+    data["fused"] = tuple(tuple(x) for x in data.get("fused", ()))
     if data.get("inferred_input") is not None:
         data["inferred_input"] = tuple(data["inferred_input"])
     return MatchReport(**data)
@@ -430,6 +489,10 @@ def _move_from(data: dict) -> TensorMove:
     if data["channel_axes"] is not None:
         data["channel_axes"] = tuple(data["channel_axes"])
     data["selections"] = tuple(tuple(x) for x in data["selections"])
+    data["prefix_axes"] = tuple(data.get("prefix_axes", ()))
+    for name in ("src_index", "dst_index", "parts"):
+        if data.get(name) is not None:
+            data[name] = tuple(data[name])
     return TensorMove(**data)
 
 
@@ -495,6 +558,84 @@ def _channel_moves(
     return plan_channels(moves, graph)
 
 
+def _detected_fused(dst: Traced, model: Model) -> dict[TensorKey, tuple[int, int]]:
+    """The target's fused tensors as its forward pass splits them (linen targets; an
+    empty dict when the pass cannot be traced)."""
+    if model.linen_module is None:
+        return {}
+    key = (model.linen_module, abstract_tree(dst.sample_input), tuple(sorted(dst.kwargs.items())))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable module or keyword value: no cache
+        return fused_axes(model.linen_module, dst.variables, dst.sample_input, dst.kwargs)
+    return dict(_cached_fused(key, dst.variables))
+
+
+def _cached_fused(key: tuple, variables: Variables) -> tuple:
+    """:func:`fused_axes` of a target, cached by its definition, input and keywords
+    (the detection traces the forward pass: about a second for a scanned model)."""
+    cached = _FUSED_CACHE.get(key)
+    if cached is None:
+        module, sample_input, kwargs = key
+        found = fused_axes(module, variables, sample_input, dict(kwargs))
+        cached = _FUSED_CACHE[key] = tuple(found.items())
+        while len(_FUSED_CACHE) > 64:
+            _FUSED_CACHE.pop(next(iter(_FUSED_CACHE)))
+    return cached
+
+
+_FUSED_CACHE: dict[tuple, tuple] = {}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ByIdentity:
+    """An unhashable object as a cache key part: equal only to itself (the key keeps it
+    alive, so its id is never reused while the entry exists)."""
+
+    obj: Any
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ByIdentity) and other.obj is self.obj
+
+
+def _hashable(obj: Any) -> Any:
+    """``obj`` when it hashes by value, else :class:`_ByIdentity` of it."""
+    try:
+        hash(obj)
+    except TypeError:
+        return _ByIdentity(obj)
+    return obj
+
+
+class _ProgramCache:
+    """The jitted apply programs of recent plans, by fingerprint (least recently used
+    dropped first; a lock guards it, as plans may be applied in several threads)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._programs: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key: tuple) -> Any:
+        with self._lock:
+            fn = self._programs.get(key)
+            if fn is not None:
+                self._programs.move_to_end(key)
+            return fn
+
+    def put(self, key: tuple, fn: Any) -> None:
+        with self._lock:
+            self._programs[key] = fn
+            while len(self._programs) > self._size:
+                self._programs.popitem(last=False)
+
+
+_PROGRAMS = _ProgramCache()
+
+
 def plan_traced(
     src: Traced, dst: Traced, model: Model, options: Options, rng: PRNGKey | None = None
 ) -> TransferPlan:
@@ -531,6 +672,8 @@ def plan_traced(
         sim = alignment_similarity(result, dst_spec, options.matcher_name)
     pairs = layer_pairs(result, src_blocks, dst_blocks)
     moves, skipped = plan_moves(pairs)
+    detected = _detected_fused(dst, model)
+    moves = with_parts(moves, {p.dst.name: p.dst for p in pairs}, options.fused_rules, detected)
     moves, groups = _channel_moves(moves, pairs, dst, model, options.rule)
     report = build_report(
         pairs,
@@ -544,6 +687,8 @@ def plan_traced(
         tensor_rule=options.rule.name,
         inferred_input=None if src.inferred is None else src.inferred.shape,
     )
+    fused = tuple(("/".join(m.dst), *m.parts) for m in moves if m.parts is not None)
+    report = dataclasses.replace(report, fused=tuple(dict.fromkeys(fused)))
     checked = checked_tensors(pairs)
     src_flat = flat_variables(src.variables)
     read = dict.fromkeys([*(m.src for m in moves), *checked])
@@ -619,6 +764,7 @@ def plan(
     matcher: str | Matcher = "dp",
     tensor_rule: str | TensorRule | TensorFn = "clip",
     on_nonfinite: str = "warn",
+    fused: Mapping[str, int | tuple[int, int]] | None = None,
     rng: PRNGKey | None = None,
 ) -> TransferPlan:
     """Plans the transfer from ``src_def`` to ``dst_def`` from shapes alone.
@@ -642,6 +788,10 @@ def plan(
         :class:`~dpiat_jax.tensors.TensorRule` or a function ``(src, dst, rng) -> array``.
       on_nonfinite: what :meth:`TransferPlan.apply` does with NaN/inf in a copied source
         tensor: ``"warn"``, ``"raise"`` or ``"ignore"``.
+      fused: fused projections the forward pass does not reveal: layer-name pattern
+        (``fnmatch``) -> part count, or ``(count, axis)`` (:mod:`dpiat_jax.fused`).
+        Splits of a projection's output in the target's forward pass (``jnp.split``,
+        equal slices) are found without it.
       rng: randomness for the ``random`` matcher (others ignore it).
 
     Returns:
@@ -660,6 +810,6 @@ def plan(
     >>> [(m.src[-1], m.src_shape, m.dst_shape) for m in p.moves]
     [('bias', (2,), (4,)), ('kernel', (3, 2), (3, 4))]
     """
-    options = Options(matcher, tensor_rule, on_nonfinite)
+    options = Options(matcher, tensor_rule, on_nonfinite, fused)
     rng = as_key(rng)
     return build_plan(src_def, dst_def, src_variables, sample_input, call_kwargs, options, rng)

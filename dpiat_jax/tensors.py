@@ -65,6 +65,7 @@ __all__ = [
     "uniform_indices",
     "centre_slices",
     "place",
+    "is_token_embedding",
     "channel_norms",
     "positional_grid",
     "is_positional_embedding",
@@ -593,8 +594,11 @@ def resize_positional(
 
     Static shapes only: jit-compatible.
 
-    Limits: the grid is assumed square and the class token first; a 1-D sequence
-    embedding whose lengths happen to be squares (256 -> 1024) is resized as a grid.
+    A 2-D table ``(T, D)`` is a 1-D sequence of positions (a text model's learned
+    positions, whatever ``T`` is): it is interpolated linearly along ``T`` alone, never
+    read as a grid. Only the ``(1, T, D)`` layout of a vision transformer is a grid.
+
+    Limits: the grid is assumed square and the class token first.
 
     Args:
       src: the source embedding, ``(1, T, D)`` or ``(T, D)``.
@@ -611,11 +615,15 @@ def resize_positional(
     >>> out, keep_first_row = resize_positional(jnp.zeros((1, 5, 2)), (1, 17, 2))
     >>> out.shape, keep_first_row
     ((1, 17, 2), False)
+    >>> resize_positional(jnp.arange(3.0)[:, None], (5, 1))[0][:, 0]
+    Array([0. , 0.5, 1. , 1.5, 2. ], dtype=float32)
     """
     axis = src.ndim - 2
     t_src, t_dst = src.shape[axis], dst_shape[axis]
     if t_src == t_dst:
         return None
+    if src.ndim == 2:
+        return _resize_sequence(jnp.asarray(src), t_dst), False
     grid_src, grid_dst = positional_grid(t_src), positional_grid(t_dst)
     if grid_src is None or grid_dst is None:
         return None
@@ -633,6 +641,47 @@ def resize_positional(
     if src.ndim == 3:
         out = out[None]
     return out, cls_dst and not cls_src
+
+
+def _resize_sequence(x: jax.Array, length: int) -> jax.Array:
+    """Linear interpolation of a ``(T, D)`` position table to ``length`` rows whose ends
+    stay the source's first and last rows (aligned corners)."""
+    t = x.shape[0]
+    if t == 1:
+        return jnp.repeat(x, length, axis=0)
+    where = jnp.linspace(0.0, t - 1.0, length)
+    lo = jnp.clip(jnp.floor(where).astype(jnp.int32), 0, t - 2)
+    frac = (where - lo)[:, None]
+    y = x.astype(jnp.float32)
+    return ((1.0 - frac) * y[lo] + frac * y[lo + 1]).astype(x.dtype)
+
+
+def is_token_embedding(name: str, shape: Shape, kind: str | None = None) -> bool:
+    """Whether a tensor is a table of token rows (row ``i`` is token ``i``).
+
+    An ``nn.Embed`` table (kind ``embed``), or a 2-D tensor named ``*embed*`` of a layer
+    that may hold one (Gemma's ``Embedder/input_embedding``), that is not positional
+    (:func:`is_positional_embedding`). Its first axis is index-preserving: growing the
+    vocabulary appends fresh rows, shrinking keeps the first rows.
+
+    Args:
+      name: the tensor's label (``"wte/embedding"``).
+      shape: the tensor's shape.
+      kind: the kind of the layer that owns it.
+
+    Returns:
+      True for a token table.
+
+    >>> is_token_embedding("wte/embedding", (1000, 64), kind="embed")
+    True
+    >>> is_token_embedding("position_embeddings/embedding", (128, 64), kind="embed")
+    False
+    """
+    if len(shape) != 2 or is_positional_embedding(name, shape, kind):
+        return False
+    if kind == kinds.EMBED:
+        return True
+    return "embed" in name.lower() and (kind is None or kinds.may_be_positional(kind))
 
 
 #: The tensor rules selectable by name.

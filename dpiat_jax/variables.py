@@ -41,11 +41,14 @@ import numpy as np
 from flax import traverse_util
 
 from dpiat_jax.channels import ChannelGraph, call_order_channels, channel_axes
+from dpiat_jax.layers import Layer
 from dpiat_jax.matching import LayerPair
 from dpiat_jax.tensors import (
     TensorRule,
     centre_slices,
     is_positional_embedding,
+    is_token_embedding,
+    place,
     positional_grid,
     resize_positional,
 )
@@ -121,6 +124,15 @@ class TensorMove:
         the rule is applied to the tensor on its own).
       selections: ``(dimension, index into the plan's channel groups)`` for every
         shrinking channel dimension.
+      prefix_axes: dimensions aligned from index 0 instead of centred: the token axis of
+        an embedding table (:func:`dpiat_jax.tensors.is_token_embedding`; row ``i``
+        stays token ``i``, a larger vocabulary gets fresh rows at its end).
+      parts: ``(axis, count)`` for a fused tensor (:mod:`dpiat_jax.fused`): both sides
+        are split into ``count`` equal parts along ``axis`` and part ``i`` moves into
+        part ``i`` by the rule.
+      src_index, dst_index: ``(axis, index)`` when the tensor is stacked by ``nn.scan``
+        / ``nn.vmap`` (:mod:`dpiat_jax.stacking`): the move reads (writes) that one step
+        of it; the shapes above are one step's.
 
     >>> move = TensorMove(("params", "d", "kernel"), ("params", "s", "kernel"), "d", "s",
     ...                   (3, 8), (3, 4), (3, 8))
@@ -139,6 +151,10 @@ class TensorMove:
     keep_first_row: bool = False
     channel_axes: tuple[int, ...] | None = None
     selections: tuple[tuple[int, int], ...] = ()
+    prefix_axes: tuple[int, ...] = ()
+    parts: tuple[int, int] | None = None
+    src_index: tuple[int, int] | None = None
+    dst_index: tuple[int, int] | None = None
 
     @property
     def overlap(self) -> int:
@@ -150,8 +166,15 @@ class TensorMove:
         """``(source slices, target slices)`` of the centre geometry (the clip rule's
         moves exactly these; a channel-selecting rule picks the channels along
         ``channel_axes`` from the source's values instead, and ``full`` fills the
-        target's rim too)."""
-        return centre_slices(self.moved_shape, self.dst_shape)
+        target's rim too); a prefix axis moves its first ``min(a, b)`` entries."""
+        src, dst = centre_slices(self.moved_shape, self.dst_shape)
+        if not self.prefix_axes:
+            return src, dst
+        src, dst = list(src), list(dst)
+        for axis in self.prefix_axes:
+            n = min(self.moved_shape[axis], self.dst_shape[axis])
+            src[axis] = dst[axis] = slice(0, n)
+        return tuple(src), tuple(dst)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +212,8 @@ def _positional(pair: LayerPair, collection: str, name: str, src: Shape, dst: Sh
     axis = len(src) - 2
     if src[axis] == dst[axis]:
         return None
+    if len(src) == 2:  # a 1-D sequence of positions: interpolated along its one axis
+        return (dst[0], src[1]), False
     grid_src, grid_dst = positional_grid(src[axis]), positional_grid(dst[axis])
     if grid_src is None or grid_dst is None:
         return None
@@ -196,7 +221,38 @@ def _positional(pair: LayerPair, collection: str, name: str, src: Shape, dst: Sh
     return moved, grid_dst[1] and not grid_src[1]
 
 
-def _move(pair: LayerPair, collection: str, name: str, source: Any, target: Any):
+def _step(layer: Layer, collection: str, name: str, member: int) -> tuple[int, int] | None:
+    """``(axis, index)`` of the step of a stacked tensor a move reads or writes: a scan
+    step's own index, member ``member`` of a parallel stack (member 0 when the stack
+    has fewer); None for a tensor that is not stacked."""
+    stack = layer.stack
+    if stack is None or f"{collection}/{name}" not in stack.tensors:
+        return None
+    if stack.index is not None:
+        return stack.axis, stack.index
+    return stack.axis, member if member < stack.size else 0
+
+
+def _members(layer: Layer) -> int:
+    """The number of parallel members a target layer stands for (1 unless vmapped)."""
+    stack = layer.stack
+    return stack.size if stack is not None and stack.index is None else 1
+
+
+def _prefix_axes(pair: LayerPair, collection: str, name: str, shape: Shape) -> tuple[int, ...]:
+    """``(0,)`` for a token embedding table of both layers (its rows are tokens)."""
+    if collection != "params":
+        return ()
+    label = "/".join([*pair.dst.path[-1:], name])
+    src_label = "/".join([*pair.src.path[-1:], name])
+    if is_token_embedding(label, shape, pair.dst.kind) and is_token_embedding(
+        src_label, shape, pair.src.kind
+    ):
+        return (0,)
+    return ()
+
+
+def _move(pair: LayerPair, collection: str, name: str, source: Any, target: Any, member: int = 0):
     """A :class:`TensorMove`, or ``(target name, source name, reason)`` when none."""
     dst_key = tensor_key(collection, pair.dst.path, name)
     src_key = tensor_key(collection, pair.src.path, name)
@@ -217,6 +273,9 @@ def _move(pair: LayerPair, collection: str, name: str, source: Any, target: Any)
         moved,
         positional=resized is not None,
         keep_first_row=bool(keep_first_row),
+        prefix_axes=_prefix_axes(pair, collection, name, src),
+        src_index=_step(pair.src, collection, name, member),
+        dst_index=_step(pair.dst, collection, name, member),
     )
 
 
@@ -231,8 +290,9 @@ def plan_moves(
 
     Returns:
       ``(moves, skipped)``: one :class:`TensorMove` per target tensor that takes source
-      values, in target order, and ``(target tensor, source tensor, reason)`` for the
-      matched tensors that cannot move (the source lacks it, or the ranks differ).
+      values (per member of a parallel stack), in target order, and ``(target tensor,
+      source tensor, reason)`` for the matched tensors that cannot move (the source
+      lacks it, or the ranks differ).
 
     >>> import jax
     >>> from dpiat_jax.layers import Layer
@@ -253,8 +313,13 @@ def plan_moves(
         for collection, group in pair.dst.tensors.items():
             for name, target in group.items():
                 source = pair.src.tensors.get(collection, {}).get(name)
-                move = _move(pair, collection, name, source, target)
-                (moves if isinstance(move, TensorMove) else skipped).append(move)
+                stacked = _step(pair.dst, collection, name, 0) is not None
+                for member in range(_members(pair.dst) if stacked else 1):
+                    move = _move(pair, collection, name, source, target, member)
+                    if not isinstance(move, TensorMove):
+                        skipped.append(move)
+                        break
+                    moves.append(move)
     return tuple(moves), tuple(skipped)
 
 
@@ -287,7 +352,7 @@ def plan_channels(
     """
     members: dict[tuple[int, int, int], list[tuple[int, int, bool]]] = {}
     for i, move in enumerate(moves):
-        spaces = graph.spaces.get(move.dst)
+        spaces = _spaces(graph, move)
         if spaces is None:
             continue
         producers = graph.producers.get(move.dst, (False,) * len(spaces))
@@ -302,6 +367,9 @@ def plan_channels(
     )
     out = []
     for move in moves:
+        if _spaces(graph, move) is None:
+            out.append(move)
+            continue
         axes = channel_axes(graph, move.dst)
         spaces = graph.spaces.get(move.dst, ())
         chosen = tuple(
@@ -311,6 +379,14 @@ def plan_channels(
         )
         out.append(dataclasses.replace(move, channel_axes=axes, selections=chosen))
     return tuple(out), groups
+
+
+def _spaces(graph: ChannelGraph, move: TensorMove) -> tuple | None:
+    """The target tensor's channel spaces; None when the graph does not know it or the
+    move handles one step of a stacked tensor (the graph sees the stacked shape)."""
+    if move.dst_index is not None or move.src_index is not None or move.parts is not None:
+        return None
+    return graph.spaces.get(move.dst)
 
 
 def _rankers(moves: Sequence[TensorMove], members: list) -> tuple[tuple[int, int], ...]:
@@ -327,21 +403,70 @@ def _rankers(moves: Sequence[TensorMove], members: list) -> tuple[tuple[int, int
     return tuple(out)
 
 
+def _index(x: jax.Array, index: tuple[int, int] | None) -> jax.Array:
+    """One step of a stacked tensor (the tensor itself when ``index`` is None)."""
+    if index is None:
+        return x
+    axis, i = index
+    return jax.lax.index_in_dim(x, i, axis, keepdims=False)
+
+
+def _restack(fresh: jax.Array, axis: int, steps: Mapping[int, jax.Array]) -> jax.Array:
+    """A stacked tensor whose written steps are replaced, the others kept fresh."""
+    size = fresh.shape[axis]
+    pieces = [steps[i] if i in steps else _index(fresh, (axis, i)) for i in range(size)]
+    return jnp.stack(pieces, axis=axis)
+
+
 def _moved_source(move: TensorMove, source: jax.Array) -> jax.Array:
-    """The source as the rule receives it (resized over the grid when positional)."""
+    """The source as the rule receives it (one step of a stacked source; resized over
+    the grid when positional)."""
+    source = _index(source, move.src_index)
     if not move.positional:
         return source
     return resize_positional(source, move.dst_shape)[0]
 
 
+def _apply_parts(
+    move: TensorMove, rule: TensorRule, source: jax.Array, dst: jax.Array, rng: PRNGKey, chosen
+) -> jax.Array:
+    """A fused move: part ``i`` of the source into part ``i`` of the target, each by the
+    rule on its own (a part's key is ``fold_in(rng, i)``), concatenated again."""
+    axis, count = move.parts
+    one = dataclasses.replace(move, parts=None, channel_axes=None, selections=())
+    pieces = [
+        _apply_one(one, rule, s, d, jax.random.fold_in(rng, i), {})
+        for i, (s, d) in enumerate(
+            zip(jnp.split(source, count, axis), jnp.split(jnp.asarray(dst), count, axis))
+        )
+    ]
+    return jnp.concatenate(pieces, axis=axis)
+
+
 def _apply_one(
     move: TensorMove, rule: TensorRule, source: jax.Array, dst: jax.Array, rng: PRNGKey, chosen
 ) -> jax.Array:
-    """One move: the rule's result, checked, with a class-token row kept."""
+    """One move: the rule's result, checked, with a class-token row kept; along a
+    prefix axis the rule sees the first ``min(a, b)`` entries of both sides only."""
+    if move.parts is not None:
+        return _apply_parts(move, rule, source, dst, rng, chosen)
+    full = dst
+    if move.prefix_axes:
+        src_slices, dst_slices = move.slices
+        keep = [slice(None)] * source.ndim
+        for axis in move.prefix_axes:
+            keep[axis] = src_slices[axis]
+        source = source[tuple(keep)]
+        for axis in move.prefix_axes:
+            keep[axis] = dst_slices[axis]
+        dst = dst[tuple(keep)]
     if move.channel_axes is None:
         new = rule.apply(source, dst, rng)
     else:
         new = rule.apply_channels(source, dst, rng, move.channel_axes, chosen)
+    if move.prefix_axes and tuple(new.shape) == tuple(dst.shape) and new.dtype == dst.dtype:
+        new = place(new, full, [0] * full.ndim)
+        dst = full
     if tuple(new.shape) != tuple(dst.shape) or new.dtype != dst.dtype:
         raise ValueError(
             f"tensor_rule returned shape {tuple(new.shape)} dtype {new.dtype} for "
@@ -389,10 +514,20 @@ def apply_moves(
         rule.select_channels([(moved[i], axis) for i, axis in g.members], g.size) for g in groups
     ]
     out = dict(targets)
+    steps: dict[TensorKey, dict[int, jax.Array]] = {}
+    axes: dict[TensorKey, int] = {}
     for counter, (move, source) in enumerate(zip(moves, moved), start=1):
         chosen = {axis: selections[g] for axis, g in move.selections}
         key = jax.random.fold_in(rng, counter)
-        out[move.dst] = _apply_one(move, rule, source, targets[move.dst], key, chosen)
+        dst = _index(targets[move.dst], move.dst_index)
+        new = _apply_one(move, rule, source, dst, key, chosen)
+        if move.dst_index is None:
+            out[move.dst] = new
+        else:
+            axes[move.dst] = move.dst_index[0]
+            steps.setdefault(move.dst, {})[move.dst_index[1]] = new
+    for name, written in steps.items():
+        out[name] = _restack(targets[name], axes[name], written)
     return out
 
 

@@ -490,3 +490,35 @@ def test_blocks_is_pure(module):
 
     assert all(isinstance(x, LayerSpec) for x in leaves(spec))
     assert len(leaves(spec)) == len(leaves(blocks(root)))
+
+
+def test_transformer_block_is_kept_as_one_unit():
+    """norm, attention block, norm, MLP block: kept whole, not spliced into the parent
+    (issue 12), so depth changes align block to block."""
+    from dpiat_jax.blocks import blocks, map_tree
+    from dpiat_jax.layers import Layer, ModuleNode
+
+    def layer(path, kind="dense"):
+        return Layer(path, kind, "X", {}, "kernel")
+
+    def block(i):
+        p = (f"h{i}",)
+        attn = ModuleNode(
+            (*p, "attn"), "Attn", (layer((*p, "attn", "qkv")), layer((*p, "attn", "o")))
+        )
+        mlp = ModuleNode((*p, "mlp"), "MLP", (layer((*p, "mlp", "fc")), layer((*p, "mlp", "proj"))))
+        ln1, ln2 = layer((*p, "ln1"), "layer_norm"), layer((*p, "ln2"), "layer_norm")
+        return ModuleNode(p, "Block", (ln1, attn, ln2, mlp))
+
+    root = ModuleNode((), "GPT", (layer(("wte",), "embed"), block(0), block(1), layer(("head",))))
+    tree = map_tree(lambda x: x.name, blocks(root))
+    assert tree == [
+        "wte",
+        ["h0/ln1", ["h0/attn/qkv", "h0/attn/o"], "h0/ln2", ["h0/mlp/fc", "h0/mlp/proj"]],
+        ["h1/ln1", ["h1/attn/qkv", "h1/attn/o"], "h1/ln2", ["h1/mlp/fc", "h1/mlp/proj"]],
+        "head",
+    ]
+    # A stage of residual blocks (no single layers beside them) is still spliced.
+    stage = ModuleNode(("stage",), "Stage", (block(2).children[1], block(3).children[3]))
+    tree = map_tree(lambda x: x.name, blocks(ModuleNode((), "Net", (stage, layer(("head",))))))
+    assert tree == [["h2/attn/qkv", "h2/attn/o"], ["h3/mlp/fc", "h3/mlp/proj"], "head"]

@@ -332,3 +332,26 @@ def test_import_does_not_import_flax_nnx_or_optax():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_json_round_trip_with_several_positional_inputs():
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    class TwoInputs(nn.Module):
+        width: int
+
+        @nn.compact
+        def __call__(self, x, mask):
+            return nn.Dense(self.width)(x) * mask
+
+    x, mask = jnp.zeros((1, 3)), jnp.ones((1, 1))
+    p = dpiat_jax.plan(TwoInputs(4), TwoInputs(8), sample_input=dpiat_jax.Inputs(x, mask))
+    again = dpiat_jax.TransferPlan.from_json(p.to_json(), TwoInputs(8))
+    assert again.moves == p.moves
+    assert isinstance(again.sample_input, dpiat_jax.Inputs)
+    assert [a.shape for a in again.sample_input.args] == [(1, 3), (1, 1)]
+    src = TwoInputs(4).init(jax.random.key(0), x, mask)
+    chex.assert_trees_all_equal(
+        again.apply(src, jax.random.key(1)), p.apply(src, jax.random.key(1))
+    )

@@ -257,12 +257,19 @@ def test_resize_positional_cases():
     out, keep_first = resize_positional(jnp.asarray(src), (1, 10, 7))  # 4x4+cls -> 3x3+cls
     assert out.shape == (1, 10, 5) and not keep_first
     np.testing.assert_allclose(out, reference_pos(src, 10), rtol=1e-5, atol=1e-6)
-    # No class token on either side; rank 2.
+    # No class token on either side: the (1, T, D) layout is a grid.
     flat = src[0, 1:]
-    out, _ = resize_positional(jnp.asarray(flat), (36, 5))
+    out, _ = resize_positional(jnp.asarray(flat[None]), (1, 36, 5))
     m = interp_matrix(4, 6)
     ref = np.einsum("ia,jb,abd->ijd", m, m, flat.reshape(4, 4, 5)).reshape(36, 5)
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0], ref, rtol=1e-5, atol=1e-6)
+    # A rank-2 (T, D) table is a 1-D sequence (issue 12): interpolated along T only,
+    # even when T is a square.
+    out, keep_first = resize_positional(jnp.asarray(flat), (36, 5))
+    where = np.linspace(0, 15, 36)
+    ref = np.stack([np.interp(where, np.arange(16), flat[:, j]) for j in range(5)], axis=1)
+    assert not keep_first
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     # A class token only in the source is dropped; only in the target, left to it.
     out, keep_first = resize_positional(jnp.asarray(src), (1, 36, 5))
     assert out.shape == (1, 36, 5) and not keep_first

@@ -60,6 +60,7 @@ from dpiat_jax.channels.graph import (
     channel_axes,
 )
 from dpiat_jax.channels.jaxpr import (
+    fused_axes,
     trace_channels,
 )
 from dpiat_jax.channels.selection import (
@@ -78,5 +79,6 @@ __all__ = [
     "channel_selections",
     "needs_channels",
     "target_channels",
+    "fused_axes",
     "trace_channels",
 ]

@@ -67,6 +67,9 @@ class DimensionFlow:
       parent: the union-find forest (node -> parent node).
       alias: ``(scope, var)`` -> the :data:`Alias` of a variable that holds a parameter.
       producer: the ``(parameter index, dimension)`` pairs that produce a channel space.
+      cuts: ``(scope, var, dimension)`` -> the ``(start, stop)`` pieces the program cuts
+        out of that dimension (``split``, ``slice``): how a fused projection's output is
+        taken apart (:func:`dpiat_jax.channels.fused_axes`).
 
     >>> import jax
     >>> import jax.numpy as jnp
@@ -82,6 +85,7 @@ class DimensionFlow:
         self.parent: dict[Node, Node] = {}
         self.alias: dict[tuple[int, Any], Alias] = {}
         self.producer: set[tuple[int, int]] = set()
+        self.cuts: dict[Node, set[tuple[int, int]]] = {}
         self._scopes = itertools.count(1)
 
     def new_scope(self) -> int:
@@ -117,6 +121,11 @@ class DimensionFlow:
         if is_var(a) and is_var(b) and len(var_shape(a)) == len(var_shape(b)):
             for i in range(len(var_shape(a))):
                 self.union(sa, a, i, sb, b, i)
+
+    def cut(self, scope: int, v: Any, dim: int, start: int, stop: int) -> None:
+        """Records that the program takes ``[start, stop)`` of ``v``'s dimension ``dim``."""
+        if is_var(v):
+            self.cuts.setdefault((scope, v, dim), set()).add((int(start), int(stop)))
 
     def alias_of(self, scope: int, v: Any) -> Alias | None:
         """Returns what ``v`` holds of a parameter (None for a computed value)."""

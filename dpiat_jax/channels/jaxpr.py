@@ -24,9 +24,10 @@ from jax.extend import core as jcore
 from dpiat_jax.channels.flow import DimensionFlow, Node, var_shape
 from dpiat_jax.channels.graph import ChannelGraph, TensorKey
 from dpiat_jax.channels.primitives import walk
+from dpiat_jax.trace.inputs import positional
 from dpiat_jax.types import ArrayTree, Variables
 
-__all__ = ["trace_channels"]
+__all__ = ["fused_axes", "trace_channels"]
 
 
 def _flat_variables(variables: Variables) -> dict[TensorKey, Any]:
@@ -99,6 +100,96 @@ def _read_graph(
     return ChannelGraph(spaces, producers, "jaxpr")
 
 
+def _equal_parts(pieces: set[tuple[int, int]], size: int) -> int | None:
+    """The part count when ``pieces`` tile ``[0, size)`` in 2 or more equal parts."""
+    ordered = sorted(pieces)
+    if len(ordered) < 2 or ordered[0][0] != 0 or ordered[-1][1] != size:
+        return None
+    width = ordered[0][1] - ordered[0][0]
+    for (lo, hi), (next_lo, _) in zip(ordered, [*ordered[1:], (size, size)]):
+        if hi - lo != width or hi != next_lo:
+            return None
+    return len(ordered)
+
+
+def _walked(
+    module: nn.Module,
+    variables: Variables,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    rngs: Mapping[str, jax.Array] | None = None,
+) -> tuple[DimensionFlow, list[TensorKey], list[Any]]:
+    """The dimension flow of ``module.apply`` and its parameter keys and variables."""
+    flat = _flat_variables(variables)
+    keys = list(flat)
+    if rngs is None:
+        rngs = {"dropout": jax.random.key(0), "params": jax.random.key(1)}
+    jaxpr = _apply_jaxpr(module, flat, args, rngs, kwargs)
+    params = jaxpr.invars[: len(keys)]
+    flow = DimensionFlow()
+    for idx, v in enumerate(params):
+        flow.alias[(0, v)] = (idx, tuple(range(len(var_shape(v)))))
+    walk(flow, jaxpr, 0)
+    return flow, keys, params
+
+
+def fused_axes(
+    module: nn.Module,
+    variables: Variables,
+    sample_input: ArrayTree,
+    call_kwargs: Mapping[str, Any] | None = None,
+) -> dict[TensorKey, tuple[int, int]]:
+    """Finds the fused tensors of a model: parameter axes whose values the forward pass
+    cuts into equal parts (``jnp.split``, or slices that tile the axis).
+
+    A fused projection (GPT-2's ``c_attn``: query, key and value on one output axis)
+    shows in the program as a split of the projection's output; its kernel's output
+    dimension and its bias fall in the same channel space as the split dimension.
+
+    Args:
+      module: a linen module.
+      variables: its variables (arrays or ``jax.ShapeDtypeStruct``).
+      sample_input: an input it takes (several positional inputs as
+        :class:`~dpiat_jax.trace.inputs.Inputs`).
+      call_kwargs: its call keywords.
+
+    Returns:
+      Tensor key -> ``(axis, parts)``; empty when the forward pass cannot be traced.
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> class Attention(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         q, k, v = jnp.split(nn.Dense(12, name="qkv")(x), 3, axis=-1)
+    ...         return q * k + v
+    >>> x = jnp.zeros((1, 4))
+    >>> model = Attention()
+    >>> fused_axes(model, jax.eval_shape(model.init, jax.random.key(0), x), x)
+    {('params', 'qkv', 'bias'): (0, 3), ('params', 'qkv', 'kernel'): (1, 3)}
+    """
+    try:
+        flow, keys, params = _walked(
+            module, variables, positional(sample_input), dict(call_kwargs or {})
+        )
+    except Exception:  # noqa: BLE001 - no detection for a pass that cannot be traced
+        return {}
+    parts_of: dict[Node, int] = {}
+    for node, pieces in flow.cuts.items():
+        parts = _equal_parts(pieces, var_shape(node[1])[node[2]])
+        if parts is not None:
+            parts_of[flow.find(node)] = parts
+    out: dict[TensorKey, tuple[int, int]] = {}
+    for key, v in zip(keys, params):
+        for d in range(len(var_shape(v))):
+            node = (0, v, d)
+            if node in flow.parent and flow.find(node) in parts_of:
+                out[key] = (d, parts_of[flow.find(node)])
+                break
+    return out
+
+
 def trace_channels(
     module: nn.Module,
     variables: Variables,
@@ -135,14 +226,5 @@ def trace_channels(
     >>> graph.spaces[("params", "layers_1", "scale")]
     (0,)
     """
-    flat = _flat_variables(variables)
-    keys = list(flat)
-    if rngs is None:
-        rngs = {"dropout": jax.random.key(0), "params": jax.random.key(1)}
-    jaxpr = _apply_jaxpr(module, flat, args, rngs, kwargs)
-    params = jaxpr.invars[: len(keys)]
-    flow = DimensionFlow()
-    for idx, v in enumerate(params):
-        flow.alias[(0, v)] = (idx, tuple(range(len(var_shape(v)))))
-    walk(flow, jaxpr, 0)
+    flow, keys, params = _walked(module, variables, args, kwargs, rngs)
     return _read_graph(flow, keys, params)

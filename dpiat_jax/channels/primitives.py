@@ -246,6 +246,11 @@ def _concatenate(flow: DimensionFlow, eqn: Any, s: int) -> None:
     """``concatenate`` and ``split``: every dimension but the joined one is shared."""
     ins, outs, p = eqn.invars, eqn.outvars, eqn.params
     dim = p["dimension"] if eqn.primitive.name == "concatenate" else p["axis"]
+    if eqn.primitive.name == "split":
+        start = 0
+        for size in p["sizes"]:
+            flow.cut(s, ins[0], dim, start, start + size)
+            start += size
     for v in list(ins) + list(outs):
         for i in range(len(var_shape(v))):
             if i != dim:
@@ -272,6 +277,10 @@ def _slice(flow: DimensionFlow, eqn: Any, s: int) -> None:
     """``slice``, ``dynamic_slice`` and ``sort``: dimensions kept whole are shared."""
     name, ins, outs = eqn.primitive.name, eqn.invars, eqn.outvars
     skip = {eqn.params["dimension"]} if name == "sort" else set()
+    if name == "slice":
+        for i, (lo, hi) in enumerate(zip(eqn.params["start_indices"], eqn.params["limit_indices"])):
+            if hi - lo != var_shape(ins[0])[i]:
+                flow.cut(s, ins[0], i, lo, hi)
     for k, out in enumerate(outs):
         src = ins[k] if name == "sort" else ins[0]
         for i in range(len(var_shape(out))):
