@@ -23,7 +23,15 @@ from dpiat_jax.plan import TransferPlan, build_plan
 from dpiat_jax.similarity import rank_trees, similarity_matcher, tree_similarity
 from dpiat_jax.spec import LayerSpec, SpecTree, validate_tree
 from dpiat_jax.tensors import TensorFn, TensorRule
-from dpiat_jax.trace.adapter import Traced, adapt, model_variables, trace_target
+from dpiat_jax.trace.adapter import (
+    HfModel,
+    Traced,
+    adapt,
+    held_definition,
+    is_hf_model,
+    model_variables,
+    trace_target,
+)
 from dpiat_jax.trace.inputs import abstract_tree, one_input
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
 
@@ -38,22 +46,56 @@ __all__ = [
 
 
 def _source_definition(src_params: Any, src_def: Any) -> Any:
-    """The source's definition: ``src_def``, or an NNX model standing for both."""
-    if model_variables(src_params) is None:
-        return src_def
-    if src_def is not None and src_def is not src_params:
+    """The source's definition: ``src_def``, or the one ``src_params`` carries (an NNX
+    model or a Hugging Face model standing for both, a TrainState's module)."""
+    if src_def is None:
+        held = held_definition(src_params)
+        if held is None:
+            raise TypeError(
+                "`src_def` is None: pass the source's linen module (only an NNX model, a "
+                "Hugging Face Flax model or a TrainState built with apply_fn=module.apply "
+                "as `src_params` carries its own definition)."
+            )
+        return held
+    if model_variables(src_params) is not None and not is_hf_model(src_params):
+        if src_def is not src_params:
+            raise TypeError(
+                "`src_params` is an NNX model, which carries its own definition: pass "
+                "src_def=None (or the same model)."
+            )
+    return src_def
+
+
+def _source_variables(src_params: Any, src_def: Any) -> Any:
+    """The source's variables: ``src_params``, or those ``src_def`` carries (an NNX or a
+    Hugging Face model) when ``src_params`` is None."""
+    if src_params is not None:
+        return src_params
+    own = None if src_def is None else model_variables(src_def)
+    if own is None:
         raise TypeError(
-            "`src_params` is an NNX model, which carries its own definition: pass "
-            "src_def=None (or the same model)."
+            "`src_params` is None: pass the source's trained variables (a variables dict, "
+            "its params, a TrainState), or a model that holds them (an NNX model or a "
+            "Hugging Face Flax model) as `src_def`."
         )
-    return src_params
+    return src_def
+
+
+def _whole_shardings(out_shardings: Any, the_plan: TransferPlan, keep: Any) -> Any:
+    """The user's ``out_shardings`` (given for what ``transfer`` returns) for the whole
+    variables dict that the plan's ``apply`` builds."""
+    if out_shardings is None:
+        return None
+    params_only = {k[0] for k in the_plan.target} == {"params"}
+    hf_params = isinstance(the_plan.model, HfModel) and params_only
+    return {"params": out_shardings} if keep == ("params",) or hf_params else out_shardings
 
 
 def _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options) -> TransferPlan:
     return build_plan(
         _source_definition(src_params, src_def),
         dst_def,
-        src_params,
+        _source_variables(src_params, src_def),
         sample_input,
         call_kwargs,
         options,
@@ -73,6 +115,7 @@ def transfer(
     matcher: str | Matcher = "dp",
     tensor_rule: str | TensorRule | TensorFn = "clip",
     on_nonfinite: str = "warn",
+    fused: Mapping[str, int | tuple[int, int]] | None = None,
     out_shardings: Any = None,
 ) -> Any:
     """Initialises ``dst_def`` from the trained variables of a different architecture.
@@ -82,10 +125,17 @@ def transfer(
 
     Args:
       src_params: the trained source: a variables dict (``{"params": ..., "batch_stats":
-        ...}``) or only its params collection. Never modified, and the result shares
-        no buffer with it.
-      src_def: the source's linen module (the definition ``src_params`` belong to).
-      dst_def: the target's linen module.
+        ...}``), only its params collection, a ``flax.training.train_state.TrainState``
+        (or any object with ``.params`` and optionally ``.batch_stats``), a Hugging Face
+        Flax model object or an NNX model; None when ``src_def`` holds them (an NNX or a
+        Hugging Face model). Never modified, and the result shares no buffer with it.
+      src_def: the source's linen module (the definition ``src_params`` belong to), or
+        a Hugging Face Flax model object (its ``module``, and its ``params`` when
+        ``src_params`` is None); None when ``src_params`` carries its definition (an
+        NNX or a Hugging Face model, or a TrainState built with
+        ``apply_fn=module.apply``).
+      dst_def: the target's linen module, or a Hugging Face Flax model object (its
+        ``module``; its config gives a default input).
       rng: a PRNG key (``jax.random.key(0)``, a legacy ``jax.random.PRNGKey(0)``) or
         an int seed; the target's fresh init (``dst_def.init``) uses it, so every
         position the source does not supply keeps a proper random initialisation.
@@ -108,6 +158,10 @@ def transfer(
       on_nonfinite: what to do when a source tensor that is copied holds NaN or inf:
         ``"warn"`` (default, a RuntimeWarning naming the tensors), ``"raise"``
         (FloatingPointError) or ``"ignore"``.
+      fused: fused projections the target's forward pass does not reveal: layer-name
+        pattern (``fnmatch``) -> part count, or ``(count, axis)``
+        (:mod:`dpiat_jax.fused`); splits of a projection's output in the forward pass
+        (``jnp.split``, equal slices) are found without it.
       out_shardings: where to place the result: one ``jax.sharding.Sharding`` for every
         array or a pytree of shardings with the result's structure. The result is
         created there; sharded source arrays are read where they live.
@@ -117,11 +171,24 @@ def transfer(
     model holds its own fresh init), and the result is then a new NNX model of the
     target (the given models are not changed).
 
+    Hugging Face Flax models (``transformers.FlaxPreTrainedModel``) stand where a
+    definition is expected (``transfer(None, src_model, dst_model, rng)``): the
+    definition is ``model.module``, the source's variables its ``params``, and without
+    ``sample_input`` each model is traced with an input built from its config (token ids
+    of length ``min(max_position_embeddings, 16)``, or pixel values of its image size)
+    in inference mode (``deterministic=True``).
+
     Returns:
       The target's variables: the whole variables dict (every collection of the fresh
-      init) when ``src_params`` has a top-level ``"params"`` key (or is an NNX model),
-      otherwise only the params collection; a FrozenDict when ``src_params`` was one.
-      Structure, shapes and dtypes are exactly those of ``dst_def.init``.
+      init) when ``src_params`` has a top-level ``"params"`` key (or is an NNX model, a
+      Hugging Face model or a TrainState), otherwise only the params collection; a
+      FrozenDict when ``src_params`` was one. Structure, shapes and dtypes are exactly
+      those of ``dst_def.init``. A TrainState source gives a plain variables dict (a
+      TrainState needs an optimizer, which the transfer does not own:
+      ``state.replace(params=out["params"])``). A Hugging Face target gives its params
+      in the form the model keeps them (the params collection, or ``{"params": ...,
+      "batch_stats": ...}`` for models with batch statistics), so that
+      ``dst_model.params = out`` works.
 
     Raises:
       TypeError: a definition that is not a Flax module, an ``rng`` that is neither a
@@ -146,14 +213,12 @@ def transfer(
     >>> out["params"]["kernel"].shape
     (3, 4)
     """
-    options = Options(matcher, tensor_rule, on_nonfinite)
+    options = Options(matcher, tensor_rule, on_nonfinite, fused)
     rng = as_key(rng)
     the_plan = _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options)
-    variables, form = as_variables(src_params, "src_params")
-    keep = None if form.whole else ("params",)
-    shardings = out_shardings if form.whole else {"params": out_shardings}
-    if out_shardings is None:
-        shardings = None
+    variables, form = as_variables(_source_variables(src_params, src_def), "src_params")
+    keep = None if form.whole or isinstance(the_plan.model, HfModel) else ("params",)
+    shardings = _whole_shardings(out_shardings, the_plan, keep)
     out = the_plan.apply(variables, rng, collections=keep, out_shardings=shardings)
     return the_plan.model.result(out, form)
 
@@ -169,6 +234,7 @@ def match(
     matcher: str | Matcher = "dp",
     tensor_rule: str | TensorRule | TensorFn = "clip",
     on_nonfinite: str = "warn",
+    fused: Mapping[str, int | tuple[int, int]] | None = None,
 ) -> MatchReport:
     """Returns what :func:`transfer` with the same arguments moves, without moving it.
 
@@ -177,8 +243,8 @@ def match(
 
     Args:
       src_params, src_def, dst_def, rng, sample_input, call_kwargs, matcher,
-      tensor_rule, on_nonfinite: as for :func:`transfer` (``rng`` is only used by the
-        random matcher).
+      tensor_rule, on_nonfinite, fused: as for :func:`transfer` (``rng`` is only used
+        by the random matcher).
 
     Returns:
       The :class:`~dpiat_jax.matching.MatchReport`: every pair with its score, the
@@ -192,7 +258,7 @@ def match(
     >>> match(src_vars, nn.Dense(2), nn.Dense(4)).pairs
     (('<root>', '<root>', 0.5),)
     """
-    options = Options(matcher, tensor_rule, on_nonfinite)
+    options = Options(matcher, tensor_rule, on_nonfinite, fused)
     rng = as_key(rng)
     return _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options).report
 
@@ -264,25 +330,46 @@ def module_blocks(
     return blocks(_module_root(module, variables, sample_input, call_kwargs, argname))
 
 
+def _is_pair(obj: Any) -> bool:
+    """Whether ``obj`` is a ``(definition, variables)`` pair (a linen module or a
+    Hugging Face model, and its variables)."""
+    return (
+        isinstance(obj, (tuple, list))
+        and len(obj) == 2
+        and (isinstance(obj[0], nn.Module) or is_hf_model(obj[0]))
+    )
+
+
+def _model_of(obj: Any, argname: str) -> tuple[Any, Variables | None]:
+    """The adapter and variables of a ``(definition, variables)`` pair, a bare module,
+    or something a user holds (an NNX or Hugging Face model, a TrainState of a linen
+    module); the variables are None where the adapter's own (or none) are meant."""
+    if _is_pair(obj):
+        return adapt(obj[0], argname), as_variables(obj[1], argname)[0]
+    if isinstance(obj, nn.Module):
+        return adapt(obj, argname), None
+    held = held_definition(obj)
+    if held is None:
+        raise TypeError(
+            f"`{argname}` must be a spec tree (nested list of LayerSpec), a (module, "
+            "variables) pair, a linen module, an NNX model, a Hugging Face Flax model or "
+            f"a TrainState built with apply_fn=module.apply, got {type(obj).__name__}."
+        )
+    variables = None if held is obj else as_variables(obj, argname)[0]
+    return adapt(held, argname), variables
+
+
 def _spec_of(
     obj: Any, argname: str, sample_input: Any, call_kwargs: Any, src: Traced | None = None
 ) -> tuple[list, Traced | None]:
-    """A spec tree from a tree, a ``(module, variables)`` pair, a bare module or an NNX
-    model; also returns the trace (so a bare target can reuse the source's input, given
-    as ``src``, with a warning when its shapes depend on an inferred choice)."""
-    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], nn.Module):
-        model, variables = adapt(obj[0], argname), as_variables(obj[1], argname)[0]
-    elif isinstance(obj, (list, LayerSpec)):
+    """A spec tree from a tree, a ``(module, variables)`` pair, a bare module or a model
+    a user holds (:func:`_model_of`); also returns the trace (so a bare target can reuse
+    the source's input, given as ``src``, with a warning when its shapes depend on an
+    inferred choice)."""
+    if isinstance(obj, (list, LayerSpec)) and not _is_pair(obj):
         return validate_tree(obj, argname=argname), None
-    elif model_variables(obj) is not None or isinstance(obj, nn.Module):
-        model, variables = adapt(obj, argname), None
-    else:
-        raise TypeError(
-            f"`{argname}` must be a spec tree (nested list of LayerSpec), a (module, "
-            f"variables) pair or a linen module, got {type(obj).__name__}."
-        )
-    own = model.own_variables()
-    variables = abstract_tree(variables if own is None else own)
+    model, variables = _model_of(obj, argname)
+    variables = abstract_tree(model.own_variables() if variables is None else variables)
     if sample_input is None and src is not None:
         traced = trace_target(model, variables, src, None, call_kwargs, argname)
     else:
@@ -302,7 +389,9 @@ def similarity(
     ``dst`` (1.0 for a full cover, toward 0 as architectures diverge; not symmetric).
 
     Args:
-      src: a spec tree, a ``(module, variables)`` pair or an NNX model.
+      src: a spec tree, a ``(module, variables)`` pair, an NNX model, a Hugging Face
+        Flax model object (its module and params) or a TrainState built with
+        ``apply_fn=module.apply``; the variables of a pair may be a TrainState too.
       dst: likewise, or a bare module whose shapes come from an abstract init with the
         source's input.
       sample_input: one batch for both (``dpiat_jax.Inputs(x, y)`` for several
@@ -338,8 +427,10 @@ def rank_sources(
     All similarities are computed in one batched call per nesting depth.
 
     Args:
-      candidates: spec trees, ``(module, variables)`` pairs or NNX models.
-      target: a spec tree, a module, a ``(module, variables)`` pair or an NNX model.
+      candidates: spec trees, ``(module, variables)`` pairs, NNX or Hugging Face models
+        or TrainStates (as ``src`` of :func:`similarity`).
+      target: a spec tree, a module, a ``(module, variables)`` pair or a model a user
+        holds (as ``dst`` of :func:`similarity`).
       sample_input, call_kwargs: as for :func:`similarity`.
 
     Returns:

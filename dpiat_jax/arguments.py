@@ -10,9 +10,14 @@
 * ``rng`` is a PRNG key (``jax.random.key(0)``, or a legacy ``jax.random.PRNGKey(0)``)
   or an int seed (:func:`as_key`);
 * source variables come as a variables dict (``{"params": ..., "batch_stats": ...}``),
-  only its params collection, a ``FrozenDict`` of either, or an NNX model
+  only its params collection, a ``FrozenDict`` of either, an NNX model, a Hugging Face
+  Flax model object (its ``params``), or a ``flax.training.train_state.TrainState``
+  (any object with ``.params`` and, optionally, ``.batch_stats``: :func:`is_train_state`)
   (:func:`as_variables`); a transfer returns the target's variables in the same form
-  (the target's adapter, :mod:`dpiat_jax.trace.adapter`, restores it).
+  (the target's adapter, :mod:`dpiat_jax.trace.adapter`, restores it), except that a
+  TrainState comes back as a plain variables dict (a TrainState needs an optimizer,
+  which the transfer does not own: ``state.replace(params=out["params"])`` or
+  ``TrainState.create(apply_fn=..., params=out["params"], tx=...)``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpiat_jax.trace.adapter import model_variables
+from dpiat_jax.trace.adapter import is_hf_model, model_variables
 from dpiat_jax.trace.inputs import Inputs, one_input, split_pair
 from dpiat_jax.types import ArrayTree, PRNGKey
 
@@ -36,8 +42,10 @@ __all__ = [
     "as_key",
     "as_variables",
     "is_input",
+    "is_train_state",
     "split_inputs",
     "split_kwargs",
+    "train_state_variables",
 ]
 
 _ONE_INPUT = (
@@ -164,19 +172,86 @@ class VariablesForm:
     frozen: bool = False
 
 
+def is_train_state(obj: Any) -> bool:
+    """Whether ``obj`` is a train state: a ``flax.training.train_state.TrainState``, or
+    any object with ``.params`` (and optionally ``.batch_stats``) as flax and optax users
+    build it.
+
+    Args:
+      obj: what a user passes as source variables.
+
+    Returns:
+      True for an object (not a mapping, a module or a Hugging Face model object) with
+      a ``params`` attribute.
+
+    >>> from types import SimpleNamespace
+    >>> is_train_state(SimpleNamespace(params={})), is_train_state({"params": {}})
+    (True, False)
+    """
+    if isinstance(obj, (Mapping, nn.Module, type)) or is_hf_model(obj):
+        return False
+    try:
+        return getattr(obj, "params", None) is not None
+    except Exception:  # noqa: BLE001 - a property that refuses: not a train state
+        return False
+
+
+def train_state_variables(state: Any, argname: str) -> dict:
+    """Returns a train state's variables: its ``params``, and its ``batch_stats`` where
+    it has them.
+
+    Args:
+      state: a train state (:func:`is_train_state`).
+      argname: the user's argument, for the error message.
+
+    Returns:
+      A plain variables dict ``{"params": ..., "batch_stats": ...}`` (a ``params`` that
+      is itself a whole variables dict is kept as one).
+
+    Raises:
+      TypeError: ``state.params`` (or ``state.batch_stats``) is not a mapping.
+
+    >>> from types import SimpleNamespace
+    >>> state = SimpleNamespace(params={"w": 1}, batch_stats={"mean": 0})
+    >>> train_state_variables(state, "src_params")
+    {'params': {'w': 1}, 'batch_stats': {'mean': 0}}
+    """
+    name = type(state).__name__
+    params = state.params
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"`{argname}` is a {name} whose .params is a {type(params).__name__}, not a "
+            "params collection (a nested dict of arrays)."
+        )
+    plain = flax.core.unfreeze(params)
+    out = plain if isinstance(plain.get("params"), Mapping) else {"params": plain}
+    stats = getattr(state, "batch_stats", None)
+    if stats is not None:
+        if not isinstance(stats, Mapping):
+            raise TypeError(
+                f"`{argname}` is a {name} whose .batch_stats is a "
+                f"{type(stats).__name__}, not a collection (a nested dict of arrays)."
+            )
+        out["batch_stats"] = flax.core.unfreeze(stats)
+    return out
+
+
 def as_variables(tree: Any, argname: str) -> tuple[dict, VariablesForm]:
     """Returns a plain variables dict and the form it was given in.
 
     Args:
-      tree: a variables dict, a params collection, a FrozenDict of either, or an NNX
-        model.
+      tree: a variables dict, a params collection, a FrozenDict of either, an NNX model,
+        a Hugging Face Flax model object (its ``params``) or a train state (its
+        ``params`` and ``batch_stats``, :func:`train_state_variables`).
       argname: the user's argument, for the error message.
 
     Returns:
-      ``(variables, form)`` with ``variables`` a plain dict holding ``"params"``.
+      ``(variables, form)`` with ``variables`` a plain dict holding ``"params"``; the
+      form of a model object or a train state is the whole, plain dict.
 
     Raises:
-      TypeError: ``tree`` is not a mapping (nor an NNX model).
+      TypeError: ``tree`` is none of these (a Hugging Face model built without
+        parameters, ``_do_init=False``, says so).
 
     >>> as_variables({"dense": {"bias": 0}}, "src_params")
     ({'params': {'dense': {'bias': 0}}}, VariablesForm(whole=False, frozen=False))
@@ -184,10 +259,18 @@ def as_variables(tree: Any, argname: str) -> tuple[dict, VariablesForm]:
     own = model_variables(tree)
     if own is not None:
         return own, VariablesForm()
+    if is_hf_model(tree):
+        raise TypeError(
+            f"`{argname}` is a {type(tree).__name__} built without parameters "
+            "(_do_init=False): pass its parameters as the variables."
+        )
+    if is_train_state(tree):
+        return train_state_variables(tree, argname), VariablesForm()
     if not isinstance(tree, Mapping):
         raise TypeError(
-            f"`{argname}` must be a Flax variables dict ({{'params': ...}}) or a params "
-            f"collection (a nested dict of arrays), got {type(tree).__name__}."
+            f"`{argname}` must be a Flax variables dict ({{'params': ...}}), a params "
+            "collection (a nested dict of arrays), a TrainState, a Hugging Face Flax "
+            f"model or an NNX model, got {type(tree).__name__}."
         )
     frozen = isinstance(tree, flax.core.FrozenDict)
     plain = flax.core.unfreeze(tree) if frozen else dict(tree)

@@ -39,6 +39,8 @@ OPTIONAL = (
     "matplotlib",
     "tqdm",
     "chex",
+    "transformers",
+    "flaxmodels",
 )
 
 

@@ -1,8 +1,12 @@
 """Model adapters: the one place where a linen module and an NNX model part ways.
 
 A model enters the pipeline as a linen module (a definition whose variables live
-apart) or as an NNX model (which holds its own variables). :func:`adapt` makes the choice
-once and returns an adapter with the same four operations for both:
+apart), as an NNX model (which holds its own variables), or as what users hold: a
+Hugging Face Flax model object (``transformers.FlaxPreTrainedModel``: a linen
+``.module``, its ``.params`` and a ``.config``; duck-typed, transformers is never
+imported) or a ``TrainState`` whose ``apply_fn`` is a linen module's ``apply``.
+:func:`adapt` makes the choice once and returns an adapter with the same four
+operations for all:
 
 * ``trace(variables, sample_input, kwargs, argname)``: the module hierarchy in call
   order (abstractly, ``jax.eval_shape``), as a :class:`Traced` record; ``call_kwargs``
@@ -15,7 +19,13 @@ once and returns an adapter with the same four operations for both:
 * ``init(rng, sample_input, kwargs)``: the target's fresh variables, a pure function
   that runs inside a jitted program (a linen ``init``; an NNX model's own state);
 * ``result(variables, form)``: what a transfer returns for these variables (the dict
-  in the source's form for linen, a new model for NNX).
+  in the source's form for linen, a new model for NNX, the params dict in the form the
+  Hugging Face model keeps, so that ``model.params = result`` works).
+
+A Hugging Face model also brings a default input built from its config
+(:func:`hf_sample_input`: token ids of length ``min(max_position_embeddings, 16)``, or
+pixel values of the shape its ``init_weights`` uses) and runs in inference mode
+(``deterministic=True``).
 
 Every error names the user's argument (``argname``) and says what to pass instead.
 :func:`trace_target` traces a target with the source's input and warns when the
@@ -25,6 +35,7 @@ target's shapes depend on which input was inferred.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +48,7 @@ from dpiat_jax.layers import ModuleNode
 from dpiat_jax.trace import inputs
 from dpiat_jax.trace import nnx as nnx_trace
 from dpiat_jax.trace.inference import InferredInput, check_choice, find_fitting_input
-from dpiat_jax.trace.inputs import CallSpec, positional
+from dpiat_jax.trace.inputs import CallSpec, Inputs, positional
 from dpiat_jax.trace.linen import trace
 from dpiat_jax.trace.sown import drop_sown, split_sown
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
@@ -49,9 +60,15 @@ __all__ = [
     "Traced",
     "LinenModel",
     "NnxModel",
+    "HfModel",
     "Model",
     "adapt",
+    "held_definition",
+    "hf_sample_input",
+    "hf_variables",
+    "is_hf_model",
     "model_variables",
+    "train_state_module",
     "trace_target",
 ]
 
@@ -252,19 +269,290 @@ class NnxModel:
         return None
 
 
-#: A model adapter.
-Model = LinenModel | NnxModel
+# ----------------------------------------------------------------------------------
+# What users hold: Hugging Face Flax model objects and TrainStates.
+
+#: Token inputs of Hugging Face text models, built with the token ids' shape.
+_TOKEN_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_position_ids",
+)
+#: The default sequence length of a Hugging Face text model's input (at most).
+_TEXT_LENGTH = 16
+#: Inference-mode keywords a Hugging Face module's ``__call__`` takes, and their values.
+_INFERENCE_FLAGS = (("deterministic", True), ("train", False))
 
 
-def adapt(obj: Any, argname: str) -> Model:
-    """Returns the adapter for a linen module or an NNX model.
+def _has_attribute(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has ``name``, without running a property (a Hugging Face model
+    built with ``_do_init=False`` raises ValueError on reading ``params``)."""
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def is_hf_model(obj: Any) -> bool:
+    """Whether ``obj`` is a Hugging Face Flax model object (duck-typed).
+
+    A ``transformers.FlaxPreTrainedModel`` has a linen ``module``, its ``params`` and a
+    ``config``; transformers itself is never imported.
 
     Args:
-      obj: a ``flax.linen.Module`` instance or an ``nnx.Module`` instance.
+      obj: anything a user passes as a model or as variables.
+
+    Returns:
+      True when ``obj`` has ``module`` (a linen module), ``params`` and ``config``.
+
+    >>> from types import SimpleNamespace
+    >>> is_hf_model(SimpleNamespace(module=nn.Dense(2), params={}, config=None))
+    True
+    >>> is_hf_model(nn.Dense(2))
+    False
+    """
+    if isinstance(obj, (nn.Module, Mapping, type)):
+        return False
+    names = ("module", "params", "config")
+    return all(_has_attribute(obj, n) for n in names) and isinstance(obj.module, nn.Module)
+
+
+def hf_variables(model: Any) -> Variables | None:
+    """Returns a Hugging Face model's parameters as a variables dict.
+
+    Hugging Face keeps a model's ``params`` as the params collection, or as the whole
+    variables dict for models with batch statistics (ResNet: ``{"params": ...,
+    "batch_stats": ...}``); both become ``{"params": ..., ...}``.
+
+    Args:
+      model: a Hugging Face Flax model object (:func:`is_hf_model`).
+
+    Returns:
+      A plain variables dict, or None for a model built without parameters
+      (``_do_init=False``).
+
+    >>> from types import SimpleNamespace
+    >>> hf_variables(SimpleNamespace(params={"dense": {"bias": 0}}))
+    {'params': {'dense': {'bias': 0}}}
+    """
+    try:
+        params = model.params
+    except ValueError:  # built with _do_init=False: it holds no parameters
+        return None
+    if params is None:
+        return None
+    plain = flax.core.unfreeze(params)
+    if "params" in plain and isinstance(plain["params"], Mapping):
+        return plain
+    return {"params": plain}
+
+
+def _required_positional(module: nn.Module) -> list[str]:
+    """The names of the positional parameters ``module.__call__`` requires."""
+    params = list(inspect.signature(type(module).__call__).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.default is p.empty]
+
+
+def _config_value(config: Any, name: str) -> Any:
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001 - a config that refuses an unknown attribute
+        return None
+
+
+def _text_length(config: Any) -> int:
+    longest = _config_value(config, "max_position_embeddings")
+    return min(int(longest), _TEXT_LENGTH) if longest else _TEXT_LENGTH
+
+
+def _pixel_shape(model: Any) -> tuple[int, ...] | None:
+    """The pixel input shape ``init_weights`` uses (its ``input_shape`` when 4-D, else
+    ``(1, image_size, image_size, num_channels)`` from the config)."""
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 4 and all(isinstance(n, int) for n in shape):
+        return shape
+    size = _config_value(model.config, "image_size")
+    channels = _config_value(model.config, "num_channels") or 3
+    return None if not isinstance(size, int) else (1, size, size, channels)
+
+
+def _default_input(model: Any, name: str, tokens: tuple[int, ...], argname: str) -> Any:
+    """One positional input of a Hugging Face module, abstract."""
+    if name in _TOKEN_INPUTS:
+        return jax.ShapeDtypeStruct(tokens, jnp.int32)
+    shape = _pixel_shape(model) if name == "pixel_values" else None
+    if shape is None:
+        raise ValueError(
+            f"`{argname}` ({type(model).__name__}): no default input for its module's "
+            f"`{name}` argument; pass sample_input= (dpiat_jax.Inputs(...) for several "
+            "positional inputs)."
+        )
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayTree:
+    """Returns the input a Hugging Face model is traced with.
+
+    Without ``given``, every positional input its module's ``__call__`` requires is
+    built from the config as its ``init_weights`` builds them: token inputs
+    (``input_ids``, ``attention_mask``, ``position_ids``...) int32 of shape ``(1,
+    min(max_position_embeddings, 16))``, ``pixel_values`` float32 of the model's
+    ``input_shape`` (NHWC, ``(1, image_size, image_size, num_channels)``). A single
+    array given for a module that requires several inputs is its first one, and the
+    others are built alike (token inputs of its shape). An ``Inputs`` record is kept.
+
+    Args:
+      model: a Hugging Face Flax model object.
+      given: the user's input for it, or None.
       argname: the user's argument, for the error message.
 
     Returns:
-      A :class:`LinenModel` or an :class:`NnxModel`.
+      One abstract input, or an :class:`~dpiat_jax.trace.inputs.Inputs` record.
+
+    Raises:
+      ValueError: a required input that cannot be built from the config.
+
+    >>> from types import SimpleNamespace
+    >>> class Net(nn.Module):
+    ...     def __call__(self, input_ids, attention_mask, deterministic=True):
+    ...         return input_ids
+    >>> config = SimpleNamespace(max_position_embeddings=512)
+    >>> hf_sample_input(SimpleNamespace(module=Net(), config=config), None, "dst_def")
+    Inputs(shape (1, 16) dtype int32, shape (1, 16) dtype int32)
+    """
+    names = _required_positional(model.module)
+    if isinstance(given, Inputs) or (given is not None and len(names) <= 1):
+        return given
+    if given is not None:
+        tokens = tuple(given.shape)
+        rest = [_default_input(model, n, tokens, argname) for n in names[1:]]
+        return Inputs(inputs.abstract_tree(given), *rest)
+    tokens = (1, _text_length(model.config))
+    built = [_default_input(model, n, tokens, argname) for n in names]
+    return built[0] if len(built) == 1 else Inputs(*built)
+
+
+def _hf_call_kwargs(module: nn.Module, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The user's keywords plus the inference-mode flags ``__call__`` takes."""
+    out = dict(kwargs or {})
+    names = inspect.signature(type(module).__call__).parameters
+    for flag, value in _INFERENCE_FLAGS:
+        if flag in names and flag not in out:
+            out[flag] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HfModel:
+    """A Hugging Face Flax model object: its linen ``module``, its ``params`` and a
+    default input from its ``config``.
+
+    >>> from types import SimpleNamespace
+    >>> hf = SimpleNamespace(module=nn.Dense(3), params=None, config=None)
+    >>> traced = adapt(hf, "dst_def").trace(None, jnp.zeros((1, 2)), {}, "dst_def")
+    >>> traced.variables["params"]["kernel"].shape
+    (2, 3)
+    """
+
+    model: Any
+
+    def own_variables(self) -> Variables | None:
+        """Returns the model's parameters as a variables dict (:func:`hf_variables`)."""
+        return hf_variables(self.model)
+
+    def trace(
+        self,
+        variables: Variables | None,
+        sample_input: ArrayTree | None,
+        kwargs: Mapping[str, Any] | None,
+        argname: str,
+    ) -> Traced:
+        """Traces the module (abstractly) as :meth:`LinenModel.trace` does, with the
+        model's own parameters when ``variables`` is None, the default input of
+        :func:`hf_sample_input` and ``deterministic=True``."""
+        module = self.model.module
+        x = hf_sample_input(self.model, sample_input, argname)
+        variables = self.own_variables() if variables is None else variables
+        kwargs = _hf_call_kwargs(module, kwargs)
+        return LinenModel(module).trace(variables, x, kwargs, argname)
+
+    def init(self, rng: PRNGKey, sample_input: ArrayTree, kwargs: Mapping[str, Any]) -> dict:
+        """Returns the module's fresh variables, as :meth:`LinenModel.init`."""
+        return LinenModel(self.model.module).init(rng, sample_input, kwargs)
+
+    def result(self, variables: Variables, form: VariablesForm | None = None) -> dict:
+        """Returns the params in the form the Hugging Face model keeps them, whatever
+        the source's ``form``: the params collection, or the whole dict when it has
+        other collections (``batch_stats``); ``model.params = result`` works."""
+        del form
+        return variables["params"] if set(variables) == {"params"} else variables
+
+    @property
+    def linen_module(self) -> nn.Module | None:
+        """The model's linen module (its jaxpr gives the channel graph)."""
+        return self.model.module
+
+
+def train_state_module(obj: Any) -> nn.Module | None:
+    """Returns the linen module of a ``TrainState`` built with ``apply_fn=module.apply``.
+
+    Args:
+      obj: anything a user passes as a model.
+
+    Returns:
+      The module whose bound ``apply`` is ``obj.apply_fn``; None otherwise.
+
+    >>> from types import SimpleNamespace
+    >>> state = SimpleNamespace(apply_fn=nn.Dense(2).apply, params={})
+    >>> train_state_module(state).features
+    2
+    """
+    if isinstance(obj, (nn.Module, Mapping, type)) or not _has_attribute(obj, "params"):
+        return None
+    module = getattr(getattr(obj, "apply_fn", None), "__self__", None)
+    return module if isinstance(module, nn.Module) else None
+
+
+def held_definition(obj: Any) -> Any | None:
+    """Returns the definition an object a user holds carries, else None.
+
+    Args:
+      obj: what a user passes as the source's variables (``src_params``).
+
+    Returns:
+      An NNX model or a Hugging Face model object itself, the linen module of a
+      ``TrainState`` (:func:`train_state_module`); None for a variables dict.
+
+    >>> held_definition({"params": {}}) is None
+    True
+    """
+    if nnx_trace.is_nnx(obj) or is_hf_model(obj):
+        return obj
+    return train_state_module(obj)
+
+
+#: A model adapter.
+Model = LinenModel | NnxModel | HfModel
+
+
+def adapt(obj: Any, argname: str) -> Model:
+    """Returns the adapter for a linen module, an NNX model, a Hugging Face Flax model
+    object or a ``TrainState`` of a linen module.
+
+    Args:
+      obj: a ``flax.linen.Module`` instance, an ``nnx.Module`` instance, a Hugging Face
+        Flax model (:func:`is_hf_model`), or a ``TrainState`` whose ``apply_fn`` is a
+        module's ``apply`` (its module is the definition).
+      argname: the user's argument, for the error message.
+
+    Returns:
+      A :class:`LinenModel`, an :class:`NnxModel` or an :class:`HfModel`.
 
     Raises:
       TypeError: for anything else (a module class instead of an instance says so).
@@ -274,22 +562,36 @@ def adapt(obj: Any, argname: str) -> Model:
     """
     if nnx_trace.is_nnx(obj):
         return NnxModel(obj)
+    if is_hf_model(obj):
+        return HfModel(obj)
+    module = train_state_module(obj)
+    if module is not None:
+        return LinenModel(module)
+    if not isinstance(obj, (nn.Module, Mapping, type)) and _has_attribute(obj, "params"):
+        raise TypeError(
+            f"`{argname}` is a {type(obj).__name__} (a train state) whose apply_fn is not "
+            "a linen module's apply: pass the module itself as the definition."
+        )
     return LinenModel(inputs.check_module(obj, argname))
 
 
 def model_variables(obj: Any) -> Variables | None:
-    """Returns the variables an object carries itself (an NNX model's), else None.
+    """Returns the variables an object carries itself, else None.
 
     Args:
       obj: anything a user passes as source variables.
 
     Returns:
-      A linen-style variables dict for an NNX model; None otherwise.
+      A linen-style variables dict for an NNX model or a Hugging Face model object
+      (:func:`hf_variables`); None otherwise (a ``TrainState`` is unpacked by
+      :func:`dpiat_jax.arguments.as_variables`).
 
     >>> model_variables({"params": {}}) is None
     True
     """
-    return nnx_trace.nnx_variables(obj) if nnx_trace.is_nnx(obj) else None
+    if nnx_trace.is_nnx(obj):
+        return nnx_trace.nnx_variables(obj)
+    return hf_variables(obj) if is_hf_model(obj) else None
 
 
 def trace_target(
@@ -302,10 +604,12 @@ def trace_target(
 ) -> Traced:
     """Traces a target with its own input, or else the source's (given or inferred).
 
-    When the source's input was inferred and another input fits the source as well, the
-    target is traced with that one too: if its variables differ, the choice decides the
-    target's shapes, and an :class:`~dpiat_jax.trace.inference.InputInferenceWarning`
-    says so (an NNX target, whose variables are its own, never warns).
+    A Hugging Face target without its own input uses its default input
+    (:func:`hf_sample_input`), not the source's. When the source's input was inferred
+    and another input fits the source as well, the target is traced with that one too:
+    if its variables differ, the choice decides the target's shapes, and an
+    :class:`~dpiat_jax.trace.inference.InputInferenceWarning` says so (an NNX target,
+    whose variables are its own, never warns).
 
     Args:
       model: the target's adapter.
@@ -323,6 +627,8 @@ def trace_target(
     >>> trace_target(adapt(nn.Dense(5), "dst_def"), None, src, None, {}).sample_input
     ShapeDtypeStruct(shape=(1, 2), dtype=float32)
     """
+    if isinstance(model, HfModel):
+        return model.trace(variables, sample_input, kwargs, argname)
     x = src.sample_input if sample_input is None else sample_input
     traced = model.trace(variables, x, kwargs, argname)
     if sample_input is None and model.own_variables() is None:

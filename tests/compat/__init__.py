@@ -1,0 +1,1 @@
+"""The compatibility suite: transfers between the Flax models users already have."""
