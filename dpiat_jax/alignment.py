@@ -19,8 +19,9 @@ matcher (:mod:`dpiat_jax.matchers.dp`) recovers the matched pairs from a
 How the kernel runs is chosen per call by :func:`kernel_policy`; there is no
 process-wide switch. Under the default ``"auto"`` policy a small problem met for the
 first time runs the same recurrence in NumPy (compiling would cost more than solving),
-and a shape signature met again is compiled, so repeated use gets the compiled kernel
-without being asked for it. JAX's persistent compilation cache is the user's choice:
+and a shape signature met again is compiled in a background thread (NumPy answers
+meanwhile), so repeated use gets the compiled kernel without being asked for it and
+no call waits for a compile. JAX's persistent compilation cache is the user's choice:
 :func:`enable_compilation_cache` turns it on.
 """
 
@@ -35,7 +36,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +71,7 @@ __all__ = [
     "enable_compilation_cache",
     "encode",
     "kernel_policy",
+    "wait_for_compiles",
     "larger",
     "solve",
     "tolerance",
@@ -425,29 +427,88 @@ def current_policy() -> str:
 class _Sightings:
     """Counts shape signatures met under ``"auto"`` and those already compiled.
 
-    Shared by all threads (compiled code is shared too), so guarded by a lock.
+    A small signature met :data:`COMPILE_AT_SIGHTING` times is compiled in a background
+    thread while the NumPy path keeps answering, so no call ever waits for a compile it
+    did not ask for; large ones compile at once (the kernel beats NumPy there). Shared
+    by all threads (compiled code is shared too), so guarded by a lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: collections.Counter = collections.Counter()
         self._compiled: set[tuple] = set()
+        self._pending: set[tuple] = set()
+        self._threads: list[threading.Thread] = []
 
-    def use_compiled(self, signature: tuple, work: int, policy: str) -> bool:
-        """Whether this depth runs compiled; records the decision."""
+    def use_compiled(
+        self, signature: tuple, work: int, policy: str, warm: Callable[[], Any]
+    ) -> bool:
+        """Whether this depth runs compiled; records the decision.
+
+        ``warm`` runs the kernel once on this depth's inputs: a background thread calls
+        it to compile the signature.
+        """
         if policy == "numpy":
             return False
         with self._lock:
-            if policy == "auto" and signature not in self._compiled:
+            if signature in self._compiled:
+                return True
+            if policy == "auto" and work <= FAST_PATH_WORK:
                 self._seen[signature] += 1
-                small = work <= FAST_PATH_WORK
-                if small and self._seen[signature] < COMPILE_AT_SIGHTING:
-                    return False
+                if self._seen[signature] >= COMPILE_AT_SIGHTING and signature not in self._pending:
+                    self._pending.add(signature)
+                    # Not a daemon: interpreter exit waits for the compile to end
+                    # (killing XLA mid-compile aborts the process).
+                    thread = threading.Thread(
+                        target=self._compile, args=(signature, warm), daemon=False
+                    )
+                    thread.start()
+                    self._threads.append(thread)
+                return False
             self._compiled.add(signature)
         return True
 
+    def wait(self, timeout: float | None) -> bool:
+        """Joins the background compiles started so far; True when none is running."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout)
+        alive = [t for t in threads if t.is_alive()]
+        with self._lock:
+            self._threads.extend(alive)
+        return not alive
+
+    def _compile(self, signature: tuple, warm: Callable[[], Any]) -> None:
+        """Compiles a signature off the caller's thread (a failure leaves it to NumPy)."""
+        try:
+            jax.block_until_ready(warm())
+        except Exception:  # noqa: BLE001 - the NumPy path stays in use
+            return
+        with self._lock:
+            self._compiled.add(signature)
+            self._pending.discard(signature)
+
 
 _SIGHTINGS = _Sightings()
+
+
+def wait_for_compiles(timeout: float | None = None) -> bool:
+    """Waits for the kernel compiles that repeated alignments started in the background.
+
+    Nothing needs it (an alignment never waits: NumPy answers until the compiled
+    kernel is ready); a benchmark uses it to time the compiled path.
+
+    Args:
+      timeout: seconds to wait per compile; None waits until they end.
+
+    Returns:
+      True when no background compile is running any more.
+
+    >>> wait_for_compiles()
+    True
+    """
+    return _SIGHTINGS.wait(timeout)
 
 
 # ----------------------------------------------------------------------------------
@@ -774,11 +835,15 @@ class Solution:
 def _run_depth(inputs: DepthInputs, next_scores, *, with_choices: bool, policy: str):
     """Runs one depth on the compiled kernel or on the NumPy fast path."""
     signature = (*inputs.signature, with_choices)
-    if _SIGHTINGS.use_compiled(signature, inputs.work, policy):
+
+    def kernel():
         *args, extent = inputs.device_args
         return _depth_kernel(
             *args, next_scores, extent, with_choices=with_choices, by_rows=inputs.by_rows
         )
+
+    if _SIGHTINGS.use_compiled(signature, inputs.work, policy, kernel):
+        return kernel()
     *args, extent = inputs.host_args
     return _depth_numpy(*args, next_scores, extent, with_choices=with_choices)
 
