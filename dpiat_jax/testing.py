@@ -15,10 +15,15 @@
   and called in another order than defined (up to twelve, so ``dense_10`` sorts
   before ``dense_2``);
 - some layers with ``bfloat16`` parameters;
-- linen transforms and combinators: a block under ``nn.remat`` (:class:`RematOp`) and
-  an ``nn.Sequential`` of dense layers and activations (:class:`SequentialOp`).
-  ``nn.scan``, ``nn.vmap``, fused projections and weight tying across modules are not
-  drawn yet (the real-world models issue adds them to the library first).
+- linen transforms and combinators: a block under ``nn.remat`` (:class:`RematOp`), an
+  ``nn.Sequential`` of dense layers and activations (:class:`SequentialOp`), a stack of
+  identical steps run by ``nn.scan`` (:class:`ScanOp`: variables stacked on a leading
+  layer axis, as MaxText's ``scan_layers``) and an ``nn.vmap`` ensemble of small
+  members averaged (:class:`VmapOp`);
+- real-world patterns: a fused projection, one dense layer whose output is cut into two
+  or three equal parts that are combined again (:class:`FusedOp`: ``q * k + v``,
+  ``silu(gate) * up``), and a token embedding table looked up by quantised activations
+  (:class:`EmbedOp`: its rows keep their index in a transfer).
 
 An architecture is described by an :class:`ArchConfig`, a frozen (hashable) dataclass
 tree of operations, held by the :class:`RandomNet` module as its one field; the config
@@ -69,8 +74,13 @@ __all__ = [
     "SetupOp",
     "RematOp",
     "SequentialOp",
+    "ScanOp",
+    "VmapOp",
+    "FusedOp",
+    "EmbedOp",
     "ArchConfig",
     "RandomNet",
+    "ScanStep",
     "INITS",
     "fast_init",
     "output_shape",
@@ -283,6 +293,72 @@ class SequentialOp:
     activation: str = "relu"
 
 
+@dataclasses.dataclass(frozen=True)
+class ScanOp:
+    """``length`` identical steps of ``body`` run by ``nn.scan`` (``variable_axes``
+    ``{"params": 0}``, ``split_rngs`` ``{"params": True}``): every variable of the step
+    is stacked on a leading layer axis. A step maps its input to the same shape (the
+    carry): :class:`ScanStep` projects back to the input's channels when the body
+    changes them. The body must keep the spatial size and create ``params`` only (no
+    BatchNorm, Dropout or pooling); :func:`mutate` widens it but never edits its
+    structure, and changes ``length``.
+
+    Example:
+        >>> # 3 steps of a dense layer and a possible projection back to 3 channels
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (ScanOp((DenseOp(4),), 3),), 0))
+        6
+    """
+
+    body: tuple = ()
+    length: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class VmapOp:
+    """An ensemble: ``members`` copies of a :class:`Block` of ``body`` under ``nn.vmap``
+    (``variable_axes`` ``{"params": 0}``, ``in_axes`` None, ``out_axes`` 0), averaged
+    over the members. The body creates ``params`` only (dense and conv layers, norms
+    without statistics); :func:`mutate` widens it and changes ``members``.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (VmapOp((ConvOp(4), DenseOp(4)), 3),), 0))
+        2
+    """
+
+    body: tuple = ()
+    members: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedOp:
+    """A fused projection: one dense layer of ``parts * features`` outputs cut into
+    ``parts`` equal parts (``jnp.split``, or equal slices when ``slices``) that are
+    combined again: ``q * k + v`` for three parts, else ``silu(gate) * up`` (``up`` the
+    sum of the parts after the first). Gives ``features`` channels.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (FusedOp(4, parts=3),), num_classes=0))
+        1
+    """
+
+    features: int
+    parts: int = 3
+    slices: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedOp:
+    """A token embedding: an ``nn.Embed`` table of ``vocab`` rows (as wide as the input's
+    channels) looked up by the quantised first channel and added to the input.
+
+    Example:
+        >>> num_layers(ArchConfig((1, 8, 8, 3), (EmbedOp(16),), num_classes=0))
+        1
+    """
+
+    vocab: int = 16
+
+
 Op = Union[  # noqa: UP007 - a runtime alias
     ConvOp,
     DenseOp,
@@ -297,8 +373,13 @@ Op = Union[  # noqa: UP007 - a runtime alias
     ResidualOp,
     ParamOp,
     RematOp,
+    ScanOp,
+    VmapOp,
+    FusedOp,
+    EmbedOp,
 ]
-CONTAINERS = (BlockOp, ResidualOp, ParamOp, RematOp)
+STACKED = (ScanOp, VmapOp)  # containers whose body a lifted transform stacks
+CONTAINERS = (BlockOp, ResidualOp, ParamOp, RematOp, *STACKED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -484,6 +565,48 @@ def _sequential(op: SequentialOp, x: jax.Array, ctx: _Context) -> jax.Array:
     return nn.Sequential(layers)(x)
 
 
+def _fused(op: FusedOp, x: jax.Array, ctx: _Context) -> jax.Array:
+    fused = nn.Dense(op.parts * op.features, **ctx.inits("kernel_init"))(x)
+    if op.slices:
+        f = op.features
+        pieces = [fused[..., i * f : (i + 1) * f] for i in range(op.parts)]
+    else:
+        pieces = jnp.split(fused, op.parts, axis=-1)
+    if op.parts == 3:
+        q, k, v = pieces
+        return q * k + v
+    gate, up = pieces[0], pieces[1:]
+    return nn.silu(gate) * sum(up)
+
+
+def _embed(op: EmbedOp, x: jax.Array, ctx: _Context) -> jax.Array:
+    tokens = (jnp.abs(x[..., 0]) * 8).astype(jnp.int32) % op.vocab
+    table = nn.Embed(op.vocab, x.shape[-1], **ctx.inits("embedding_init"))
+    return x + table(tokens).astype(x.dtype)
+
+
+def _scan(op: ScanOp, x: jax.Array, initializers: str) -> jax.Array:
+    scan = nn.scan(
+        ScanStep,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        length=op.length,
+    )
+    return scan(op.body, initializers)(x, None)[0]
+
+
+def _vmap(op: VmapOp, x: jax.Array, initializers: str) -> jax.Array:
+    members = nn.vmap(
+        Block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=None,
+        out_axes=0,
+        axis_size=op.members,
+    )
+    return members(op.body, initializers)(x).mean(axis=0)
+
+
 def _apply(op: Op, x: jax.Array, ctx: _Context) -> jax.Array:
     """Runs one operation; must be called inside a compact method (submodules created
     here belong to the calling module)."""
@@ -508,6 +631,14 @@ def _apply(op: Op, x: jax.Array, ctx: _Context) -> jax.Array:
         return SetupStack(op.features, op.reverse, inits)(x)
     if isinstance(op, SequentialOp):
         return _sequential(op, x, ctx)
+    if isinstance(op, FusedOp):
+        return _fused(op, x, ctx)
+    if isinstance(op, EmbedOp):
+        return _embed(op, x, ctx)
+    if isinstance(op, ScanOp):
+        return _scan(op, x, inits)
+    if isinstance(op, VmapOp):
+        return _vmap(op, x, inits)
     if isinstance(op, BlockOp):
         return Block(op.body, inits)(x, train)
     if isinstance(op, RematOp):  # ``train`` (argument 2, after self and x) stays static
@@ -568,6 +699,33 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         return _apply_all(self.body, x, _context(self, train, self.initializers))
+
+
+class ScanStep(nn.Module):
+    """One step of a :class:`ScanOp`: ``body``, then a dense projection (``proj``) back
+    to the input's channels when the body changes them, so that the carry keeps its
+    shape. Called as ``(carry, unused) -> (carry, None)``, as ``nn.scan`` wants.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> step = ScanStep((DenseOp(4),))
+        >>> variables = step.init(jax.random.key(0), jnp.ones((1, 2, 2, 3)), None)
+        >>> sorted(variables["params"])
+        ['Dense_0', 'proj']
+    """
+
+    body: tuple
+    initializers: str = "flax"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, unused: None = None) -> tuple[jax.Array, None]:
+        del unused
+        ctx = _context(self, False, self.initializers)
+        y = _apply_all(self.body, x, ctx)
+        if y.shape[-1] != x.shape[-1]:
+            inits = ctx.at(-1).inits("kernel_init")
+            y = nn.Dense(x.shape[-1], name="proj", **inits)(y)
+        return y, None
 
 
 class Residual(nn.Module):
@@ -688,46 +846,58 @@ class _Drawer:
             return current
         return int(self.rng.choice(self.widths))
 
+    def conv(self, s: _State, pool: bool) -> ConvOp:
+        r = self.rng
+        strides = 2 if pool and s.size >= 4 and r.random() < 0.15 else 1
+        kernel = int(r.choice([1, 3]))
+        dtype = "bfloat16" if r.random() < 0.08 else "float32"
+        if s.channels > 1 and r.random() < 0.15:
+            op = ConvOp(s.channels, 3, strides, depthwise=True, param_dtype=dtype)
+        else:
+            features = self.width(s.channels)
+            groups = 1
+            if r.random() < 0.12:
+                groups = int(r.choice([2, 4]))
+            use_bias = bool(r.random() < 0.7)
+            op = ConvOp(features, kernel, strides, groups, False, use_bias, dtype)
+            s.channels = features
+        s.size = -(-s.size // strides)
+        s.budget -= 1
+        return op
+
+    def dense(self, s: _State) -> DenseOp:
+        features = self.width(s.channels)
+        dtype = "bfloat16" if self.rng.random() < 0.08 else "float32"
+        s.channels = features
+        s.budget -= 1
+        return DenseOp(features, bool(self.rng.random() < 0.8), dtype)
+
+    def fused(self, s: _State) -> FusedOp:
+        r = self.rng
+        op = FusedOp(self.width(s.channels), int(r.choice([2, 3])), bool(r.random() < 0.3))
+        s.channels = op.features
+        s.budget -= 1
+        return op
+
+    def function(self, s: _State, pool: bool) -> FnOp:
+        fn = str(self.rng.choice([f for f in FUNCTIONS if pool or not f.endswith("_pool")]))
+        if fn in ("avg_pool", "max_pool"):
+            s.size = max(1, s.size // 2) if s.size >= 2 else s.size
+        return FnOp(fn, bool(self.rng.random() < 0.6))
+
     def leaf(self, s: _State) -> Op:
         r = self.rng
         kinds = ["conv", "dense", "norm", "dropout", "fn", "attention", "param_leaf", "tied"]
-        kinds += ["setup", "sequential"]
-        weights = [30, 8, 22, 5, 12, 4, 3, 2, 2, 3]
+        kinds += ["setup", "sequential", "fused", "embed"]
+        weights = [30, 8, 22, 5, 12, 4, 3, 3, 2, 3, 3, 2]
         kind = r.choice(kinds, p=np.array(weights) / sum(weights))
-        if kind == "conv":
-            strides = 2 if self.pool and s.size >= 4 and r.random() < 0.15 else 1
-            kernel = int(r.choice([1, 3]))
-            dtype = "bfloat16" if r.random() < 0.08 else "float32"
-            if s.channels > 1 and r.random() < 0.15:
-                op = ConvOp(s.channels, 3, strides, depthwise=True, param_dtype=dtype)
-            else:
-                features = self.width(s.channels)
-                groups = 1
-                if r.random() < 0.12:
-                    groups = int(r.choice([2, 4]))
-                use_bias = bool(r.random() < 0.7)
-                op = ConvOp(features, kernel, strides, groups, False, use_bias, dtype)
-                s.channels = features
-            s.size = -(-s.size // strides)
-            s.budget -= 1
-            return op
-        if kind == "dense":
-            features = self.width(s.channels)
-            dtype = "bfloat16" if r.random() < 0.08 else "float32"
-            s.channels = features
-            s.budget -= 1
-            return DenseOp(features, bool(r.random() < 0.8), dtype)
+        if kind in ("conv", "dense", "fused", "fn"):
+            return self.plain(s, str(kind), self.pool)
         if kind == "norm":
             s.budget -= 1
             return NormOp(str(r.choice(NORMS)), int(r.choice([1, 2, 4, 8])))
         if kind == "dropout":
             return DropoutOp(float(r.choice([0.0, 0.1, 0.5])))
-        if kind == "fn":
-            fns = [f for f in FUNCTIONS if self.pool or not f.endswith("_pool")]
-            fn = str(r.choice(fns))
-            if fn in ("avg_pool", "max_pool"):
-                s.size = max(1, s.size // 2) if s.size >= 2 else s.size
-            return FnOp(fn, bool(r.random() < 0.6))
         if kind == "attention":
             s.budget -= 4
             heads = int(r.choice([1, 2, 4]))
@@ -735,6 +905,9 @@ class _Drawer:
         if kind == "tied":
             s.budget -= 1
             return TiedOp(bool(r.random() < 0.7))
+        if kind == "embed":
+            s.budget -= 1
+            return EmbedOp(int(r.choice([16, 32, 50])))
         if kind == "setup":
             n = int(r.choice([2, 3, 12]))
             features = tuple(self.width(s.channels) for _ in range(n))
@@ -751,9 +924,49 @@ class _Drawer:
         s.budget -= 1
         return ParamOp((), "scale")
 
+    def plain(self, s: _State, kind: str, pool: bool = False) -> Op:
+        """A layer that creates ``params`` only (what a lifted transform's body may
+        hold); it keeps the spatial size unless ``pool``."""
+        if kind == "conv":
+            return self.conv(s, pool)
+        if kind == "dense":
+            return self.dense(s)
+        if kind == "fused":
+            return self.fused(s)
+        if kind == "fn":
+            return self.function(s, pool)
+        if kind == "norm":
+            s.budget -= 1
+            return NormOp(str(self.rng.choice(["layer", "group", "rms"])), 2)
+        s.budget -= 1
+        return ParamOp((), "scale")
+
+    def stacked(self, s: _State, kind: str) -> Op:
+        """A :class:`ScanOp` (its steps keep the shape) or a :class:`VmapOp`."""
+        r = self.rng
+        if kind == "scan":
+            kinds, weights, n = ["conv", "dense", "norm", "fn", "param", "fused"], [4] * 6, 4
+        else:
+            kinds, weights, n = ["conv", "dense", "fn"], [4, 4, 1], 2
+        state = _State(s.channels, s.size, s.budget)
+        p = np.array(weights) / sum(weights)
+        body = tuple(
+            self.plain(state, str(r.choice(kinds, p=p))) for _ in range(int(r.integers(1, n)))
+        )
+        if kind == "scan":
+            op: Op = ScanOp(body, int(r.choice([2, 3, 4])))
+        else:
+            op = VmapOp(body, int(r.choice([2, 3])))
+            s.channels = state.channels
+        s.budget -= _count(op)
+        return op
+
     def container(self, s: _State, depth: int) -> Op:
         r = self.rng
-        kind = r.choice(["block", "residual", "param", "remat"], p=[0.38, 0.4, 0.14, 0.08])
+        kinds = ["block", "residual", "param", "remat", "scan", "vmap"]
+        kind = r.choice(kinds, p=[0.32, 0.36, 0.12, 0.07, 0.07, 0.06])
+        if kind in ("scan", "vmap"):
+            return self.stacked(s, str(kind))
         length = int(r.integers(1, self.max_len + 1))
         body = tuple(self.ops(s, depth + 1, length))
         if kind == "block":
@@ -782,8 +995,9 @@ class _Drawer:
 
 
 def _count(op: Op) -> int:
-    """Parametrised layers an operation creates (attention counts 4)."""
-    if isinstance(op, (ConvOp, DenseOp, NormOp, TiedOp)):
+    """Parametrised layers an operation creates (attention counts 4; a scan counts
+    every step's, a possible projection included; an ensemble its member's)."""
+    if isinstance(op, (ConvOp, DenseOp, NormOp, TiedOp, FusedOp, EmbedOp)):
         return 1
     if isinstance(op, SetupOp):
         return 2 * len(op.features)
@@ -791,6 +1005,8 @@ def _count(op: Op) -> int:
         return len(op.features)
     if isinstance(op, AttentionOp):
         return 4
+    if isinstance(op, ScanOp):
+        return op.length * (1 + sum(_count(o) for o in op.body))
     if isinstance(op, CONTAINERS):
         own = 1 if isinstance(op, ParamOp) else 0
         extra = 2 if isinstance(op, ResidualOp) else 0  # a possible projection and its norm
@@ -824,8 +1040,12 @@ def output_shape(op: Op, channels: int, size: int) -> tuple[int, int]:
         return (op.features[0] if op.reverse else op.features[-1]), size
     if isinstance(op, SequentialOp):
         return op.features[-1], size
+    if isinstance(op, FusedOp):
+        return op.features, size
     if isinstance(op, FnOp) and op.fn in ("avg_pool", "max_pool"):
         return channels, (size // 2 if size >= 2 else size)
+    if isinstance(op, ScanOp):  # every step gives its input's shape (the carry)
+        return channels, size
     if isinstance(op, CONTAINERS):
         for o in op.body:
             channels, size = output_shape(o, channels, size)
@@ -835,7 +1055,9 @@ def output_shape(op: Op, channels: int, size: int) -> tuple[int, int]:
 def num_layers(config: ArchConfig | RandomNet) -> int:
     """Return an upper bound on the parametrised layers of an architecture.
 
-    A residual counts a possible projection; attention counts its four projections.
+    A residual counts a possible projection; attention counts its four projections; a
+    scan counts every step's layers (they are unstacked into one layer per step), an
+    ensemble its member's (its members are parallel copies of one layer).
 
     Args:
         config: the architecture, or the module that holds it.
@@ -1053,11 +1275,24 @@ def _map_ops(ops: tuple, fn: Callable[[Op], Op]) -> tuple:
 
 
 def _body_paths(ops: tuple, path: tuple = ()) -> list[tuple]:
-    """Index paths of every body (``()``: the top level) in the operation tree."""
+    """Index paths of every body (``()``: the top level) in the operation tree whose
+    structure an edit may change (not the bodies of stacked transforms: a scan's step
+    must keep its shape and create ``params`` only)."""
     out = [path]
     for i, op in enumerate(ops):
-        if isinstance(op, CONTAINERS):
+        if isinstance(op, CONTAINERS) and not isinstance(op, STACKED):
             out.extend(_body_paths(op.body, path + (i,)))
+    return out
+
+
+def _stacked_paths(ops: tuple, path: tuple = ()) -> list[tuple]:
+    """Index paths of every :class:`ScanOp` and :class:`VmapOp`."""
+    out = []
+    for i, op in enumerate(ops):
+        if isinstance(op, STACKED):
+            out.append(path + (i,))
+        elif isinstance(op, CONTAINERS):
+            out.extend(_stacked_paths(op.body, path + (i,)))
     return out
 
 
@@ -1076,13 +1311,75 @@ def _at(ops: tuple, path: tuple) -> tuple:
     return ops
 
 
+def _scaled(op: Op, factor: float) -> Op:
+    """An operation with its widths (a vocabulary's size) scaled by ``factor``."""
+    if isinstance(op, (ConvOp, DenseOp)) and not getattr(op, "depthwise", False):
+        return dataclasses.replace(op, features=max(1, int(op.features * factor)))
+    if isinstance(op, FusedOp):
+        return dataclasses.replace(op, features=max(1, int(op.features * factor)))
+    if isinstance(op, EmbedOp):
+        return dataclasses.replace(op, vocab=max(2, int(op.vocab * factor)))
+    if isinstance(op, (SetupOp, SequentialOp)):
+        return dataclasses.replace(op, features=tuple(max(1, int(f * factor)) for f in op.features))
+    return op
+
+
+def _relength(body: tuple, r: np.random.Generator) -> tuple:
+    """``body`` with one scan's length (or one ensemble's member count) redrawn."""
+    paths = _stacked_paths(body)
+    path = paths[int(r.integers(len(paths)))]
+    field = "length" if isinstance(_at(body, path[:-1])[path[-1]], ScanOp) else "members"
+    size = int(r.integers(1, 6))
+
+    def replace(b: tuple, i: int = path[-1]) -> tuple:
+        return b[:i] + (dataclasses.replace(b[i], **{field: size}),) + b[i + 1 :]
+
+    return _edit(body, path[:-1], replace)
+
+
+def _mutated(body: tuple, r: np.random.Generator) -> tuple:
+    """``body`` after one random edit (see :func:`mutate`)."""
+    edits = ["widen", "narrow", "deepen", "delete", "insert", "kernel"]
+    edit = r.choice(edits + (["length"] if _stacked_paths(body) else []))
+    paths = _body_paths(body)
+    path = paths[int(r.integers(len(paths)))]
+    length = len(_at(body, path))
+    if edit in ("widen", "narrow"):
+        factor = 2.0 if edit == "widen" else 0.5
+        return _map_ops(body, lambda op: _scaled(op, factor))
+    if edit == "deepen" and length:
+        i = int(r.integers(length))
+        return _edit(body, path, lambda b: b[: i + 1] + b[i:])
+    if edit == "delete" and length > 1:
+        i = int(r.integers(length))
+        return _edit(body, path, lambda b: b[:i] + b[i + 1 :])
+    if edit == "insert":
+        i = int(r.integers(length + 1))
+        op = _Drawer(r, 0, 32, 1, 1 << 30).leaf(_State(8, 8, 1 << 30))
+        return _edit(body, path, lambda b: b[:i] + (op,) + b[i:])
+    if edit == "kernel":
+
+        def flip(op: Op) -> Op:
+            if isinstance(op, ConvOp) and not op.depthwise and r.random() < 0.5:
+                return dataclasses.replace(op, kernel=4 - op.kernel)
+            return op
+
+        return _map_ops(body, flip)
+    if edit == "length":
+        return _relength(body, r)
+    return body
+
+
 def mutate(
     config: ArchConfig | RandomNet, rng: np.random.Generator | int | None = None, steps: int = 1
 ) -> ArchConfig | RandomNet:
     """Return a related architecture: ``steps`` random edits of ``config``.
 
-    Each edit widens or narrows every conv/dense layer, repeats an element of a body
-    (deeper), deletes one, inserts a random layer, or flips a kernel size.
+    Each edit widens or narrows every conv/dense layer (and fused projection and
+    vocabulary), repeats an element of a body (deeper), deletes one, inserts a random
+    layer, flips a kernel size, or (when there is one) redraws a scan's length or an
+    ensemble's member count. The bodies of scans and ensembles are widened and their
+    kernels flipped, but their structure is never edited.
 
     Args:
       config: a config or a :class:`RandomNet`.
@@ -1102,41 +1399,7 @@ def mutate(
     r = _generator(rng)
     body = config.body
     for _ in range(steps):
-        edit = r.choice(["widen", "narrow", "deepen", "delete", "insert", "kernel"])
-        paths = _body_paths(body)
-        path = paths[int(r.integers(len(paths)))]
-        length = len(_at(body, path))
-        if edit in ("widen", "narrow"):
-            factor = 2.0 if edit == "widen" else 0.5
-
-            def scale(op, factor=factor):
-                if isinstance(op, (ConvOp, DenseOp)) and not getattr(op, "depthwise", False):
-                    return dataclasses.replace(op, features=max(1, int(op.features * factor)))
-                if isinstance(op, (SetupOp, SequentialOp)):
-                    wider = tuple(max(1, int(f * factor)) for f in op.features)
-                    return dataclasses.replace(op, features=wider)
-                return op
-
-            body = _map_ops(body, scale)
-        elif edit == "deepen" and length:
-            i = int(r.integers(length))
-            body = _edit(body, path, lambda b, i=i: b[: i + 1] + b[i:])
-        elif edit == "delete" and length > 1:
-            i = int(r.integers(length))
-            body = _edit(body, path, lambda b, i=i: b[:i] + b[i + 1 :])
-        elif edit == "insert":
-            i = int(r.integers(length + 1))
-            drawer = _Drawer(r, 0, 32, 1, 1 << 30)
-            op = drawer.leaf(_State(8, 8, 1 << 30))
-            body = _edit(body, path, lambda b, i=i, op=op: b[:i] + (op,) + b[i:])
-        elif edit == "kernel":
-
-            def flip(op):
-                if isinstance(op, ConvOp) and not op.depthwise and r.random() < 0.5:
-                    return dataclasses.replace(op, kernel=4 - op.kernel)
-                return op
-
-            body = _map_ops(body, flip)
+        body = _mutated(body, r)
     return dataclasses.replace(config, body=body)
 
 
