@@ -164,6 +164,7 @@ def with_parts(
     dst_layers: Mapping[str, Layer],
     rules: Sequence[FusedRule],
     detected: Mapping[TensorKey, tuple[int, int]],
+    src_detected: Mapping[TensorKey, tuple[int, int]] | None = None,
 ) -> tuple[TensorMove, ...]:
     """Marks the moves of fused target tensors with their ``(axis, parts)``.
 
@@ -176,6 +177,9 @@ def with_parts(
       dst_layers: target layer name -> layer.
       rules: from :func:`parse_fused`.
       detected: target tensor key -> ``(axis, parts)`` found in the forward pass.
+      src_detected: the same for the source, or None when unknown: a split found in
+        the target moves part by part only when the source's tensor is split alike
+        (a plain or differently fused source tensor moves as one tensor).
 
     Returns:
       The moves, fused ones with :attr:`~dpiat_jax.variables.TensorMove.parts` set.
@@ -192,6 +196,9 @@ def with_parts(
     for move in moves:
         layer = dst_layers.get(move.dst_layer)
         found = _step_axis(detected.get(move.dst), move.dst_index)
+        if found is not None and src_detected is not None:
+            if _step_axis(src_detected.get(move.src), move.src_index) != found:
+                found = None
         if found is None and layer is not None and rules:
             found = declared_parts(layer, move.dst_shape, rules)
         if found is not None:

@@ -343,7 +343,8 @@ class _Tree:
 def _node(path: ModulePath, tree: _Tree, site: StackSite | None = None) -> ModuleNode | Layer:
     """The hierarchy below ``path``: a layer for a leaf module, else a node whose first
     child is the pseudo-layer of the module's own tensors (when it has any). A module
-    scanned by ``nn.scan`` becomes a node of its steps (:func:`split_steps`)."""
+    scanned by ``nn.scan`` becomes its steps (:func:`split_steps`), which take its place
+    among its parent's children."""
     if site is None and path in tree.sites:
         site = tree.sites[path]
         node = _node(path, tree, site)
@@ -355,7 +356,11 @@ def _node(path: ModulePath, tree: _Tree, site: StackSite | None = None) -> Modul
     kids: list[ModuleNode | Layer] = []
     if own:
         kids.append(_leaf(call, own, kind=kinds.own(call.module_type.__name__), site=site))
-    kids.extend(_node(c, tree, site) for c in tree.children[path])
+    for child in tree.children[path]:
+        node = _node(child, tree, site)
+        scanned = site is None and child in tree.sites and not tree.sites[child].parallel
+        # a scan's steps stand beside their siblings, as an unrolled loop's blocks do
+        kids.extend(node.children if scanned else [node])
     return ModuleNode(path, call.module_type.__name__, tuple(kids))
 
 

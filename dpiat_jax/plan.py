@@ -637,7 +637,12 @@ _PROGRAMS = _ProgramCache()
 
 
 def plan_traced(
-    src: Traced, dst: Traced, model: Model, options: Options, rng: PRNGKey | None = None
+    src: Traced,
+    dst: Traced,
+    model: Model,
+    options: Options,
+    rng: PRNGKey | None = None,
+    src_model: Model | None = None,
 ) -> TransferPlan:
     """Plans a transfer between two traced models (the stages after tracing).
 
@@ -648,6 +653,9 @@ def plan_traced(
       model: the target's adapter.
       options: the validated options.
       rng: randomness for the random matcher (``fold_in(rng, 3)``).
+      src_model: the source's adapter: a projection found fused in the target moves
+        part by part only when the source's forward pass splits it alike (None: the
+        target's finding is trusted).
 
     Returns:
       The :class:`TransferPlan`.
@@ -673,7 +681,12 @@ def plan_traced(
     pairs = layer_pairs(result, src_blocks, dst_blocks)
     moves, skipped = plan_moves(pairs)
     detected = _detected_fused(dst, model)
-    moves = with_parts(moves, {p.dst.name: p.dst for p in pairs}, options.fused_rules, detected)
+    src_detected = None if src_model is None else _detected_fused(src, src_model)
+    if src_detected is not None and src_model.linen_module is None:
+        src_detected = None  # an NNX source: no forward-pass analysis, trust the target
+    moves = with_parts(
+        moves, {p.dst.name: p.dst for p in pairs}, options.fused_rules, detected, src_detected
+    )
     moves, groups = _channel_moves(moves, pairs, dst, model, options.rule)
     report = build_report(
         pairs,
@@ -749,7 +762,7 @@ def build_plan(
     dst_vars = dst_model.own_variables()
     dst_vars = None if dst_vars is None else abstract_tree(dst_vars)
     dst = trace_target(dst_model, dst_vars, src, dst_in, dst_kw)
-    the_plan = plan_traced(src, dst, dst_model, options, rng)
+    the_plan = plan_traced(src, dst, dst_model, options, rng, src_model)
     warn_low_coverage(the_plan.report, stacklevel=3)
     return the_plan
 

@@ -175,3 +175,22 @@ def test_transfer_and_match_take_the_fused_option():
     )
     kernel, grown = variables["params"]["qkv"]["kernel"], out["params"]["qkv"]["kernel"]
     np.testing.assert_array_equal(grown[:, 8 + 2 : 8 + 6], kernel[:, 4:8])  # key into key
+
+
+class Parts(nn.Module):
+    parts: int
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        pieces = jnp.split(nn.Dense(self.parts * self.width, name="p")(x), self.parts, -1)
+        return sum(pieces)
+
+
+def test_parts_move_separately_only_when_the_source_splits_alike():
+    three_into_two = dpiat_jax.plan(Parts(3), Parts(2, 12), sample_input=X)
+    assert three_into_two.report.fused == ()  # q|k|v into gate|up: moved as one tensor
+    plain_into_fused = dpiat_jax.plan(Opaque(8), Parts(3), sample_input=X)
+    assert plain_into_fused.report.fused == ()
+    alike = dpiat_jax.plan(Parts(3), Parts(3, 16), sample_input=X)
+    assert ("params/p/kernel", 1, 3) in alike.report.fused

@@ -513,12 +513,6 @@ def test_crafted_pair(j):
         assert all("[*]" in n for n in members), (name, report.pairs)
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="library: nn.vmap members read as scan steps when "
-    "their variables do not depend on the init's key (see the report)",
-)
 def test_ensemble_members_are_parallel_whatever_the_initializers():
     """An ``nn.vmap`` ensemble is one layer of parallel members (``[*]``) with fixed
     initializers too (zeros, constants), as with random ones."""
@@ -527,12 +521,6 @@ def test_ensemble_members_are_parallel_whatever_the_initializers():
     assert pairs and all("[*]" in d for _, d, _ in pairs if d.startswith("VmapBlock")), pairs
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="library: the steps of a scan of two-layer blocks are spliced into one "
-    "block, the unrolled blocks into their parent (see the report)",
-)
 def test_scan_to_unrolled_with_two_layer_steps():
     """Scan <-> unrolled aligns step to block whatever the step's size: a scan of
     (Dense, LayerNorm) steps seeds every layer of the same blocks unrolled."""

@@ -88,6 +88,13 @@ def _scope_path(module: nn.Module) -> ModulePath:
     return tuple(str(p) for p in scope.path) if scope is not None else ()
 
 
+def _batched_rngs(scope: Any) -> bool:
+    """Whether a scope's RNG streams are split by ``nn.vmap`` (batch tracers): an
+    ensemble whose initializers ignore the key still has batched keys."""
+    rngs = getattr(scope, "rngs", None) or {}
+    return any(type(getattr(r, "rng", r)).__name__ == "BatchTracer" for r in rngs.values())
+
+
 def local_shapes(variables: Mapping[str, Any]) -> tuple[dict[tuple[str, ...], Shape], bool]:
     """Returns a module's variable shapes as it sees them, and whether it runs batched.
 
@@ -145,6 +152,7 @@ def record_calls(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any
             seen.add(path)
             scope = vars(module).get("scope")
             local, batched = local_shapes(scope.variables() if scope is not None else {})
+            batched = batched or _batched_rngs(scope)
             calls[path] = dataclasses.replace(calls[path], local=local, batched=batched)
         return out
 
