@@ -15,7 +15,9 @@ zeros, and then:
   floor: every target byte written once);
 * ``peak / (src+dst)``: in a fresh process, the peak resident set size during one warm
   apply above the level just before it (source in memory), sampled every millisecond,
-  divided by the bytes of source and target.
+  divided by the bytes of source and target;
+* ``init peak / (src+dst)``: the same for one warm ``jax.jit(dst_def.init)`` alone (what
+  the target's own init needs: its random bits and the float temporaries).
 
 Targets (issue 11): apply within 1.5x of the jitted init and within 3x of the copy
 floor; plan of the ~300M-parameter decoder under 2 s; peak within 2.5x of source +
@@ -143,20 +145,29 @@ apply = jax.jit(plan.apply)
 out = jax.block_until_ready(apply(variables, jax.random.key(1)))  # compiled here
 dst_bytes = nbytes(out)
 del out
-gc.collect()
-base = rss()
-peak = [base]
-stop = threading.Event()
-def sample():
-    while not stop.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.001)
-thread = threading.Thread(target=sample)
-thread.start()
-out = jax.block_until_ready(apply(variables, jax.random.key(2)))
-stop.set(); thread.join()
-peak[0] = max(peak[0], rss())
-RESULT = {{"peak": peak[0] - base, "src": nbytes(variables), "dst": dst_bytes}}
+init = jax.jit(dst_def.init)
+jax.block_until_ready(init(jax.random.key(1), x))  # compiled here
+
+def peak_of(fn):
+    gc.collect()
+    base = rss()
+    peak = [base]
+    stop = threading.Event()
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+    thread = threading.Thread(target=sample)
+    thread.start()
+    out = jax.block_until_ready(fn())
+    stop.set(); thread.join()
+    peak[0] = max(peak[0], rss())
+    del out
+    return peak[0] - base
+
+apply_peak = peak_of(lambda: apply(variables, jax.random.key(2)))
+init_peak = peak_of(lambda: init(jax.random.key(2), x))
+RESULT = {{"peak": apply_peak, "init_peak": init_peak, "src": nbytes(variables), "dst": dst_bytes}}
 """
 
 
@@ -197,6 +208,7 @@ def measure(name: str) -> list:
         t_apply / t_init,
         t_apply / t_copy,
         mem["peak"] / total,
+        mem["init_peak"] / total,
     ]
 
 
@@ -219,6 +231,7 @@ def main() -> None:
         "apply / init",
         "apply / copy",
         "peak / (src+dst)",
+        "init peak / (src+dst)",
     ]
     report = "\n\n".join(
         [
