@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from common import machine, median_time, ms, once, run_child, table
+from common import PEAK_SAMPLER, machine, median_time, ms, once, run_child, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -125,16 +125,14 @@ def build_case(name: str):
 QUICK = ["resnet18 -> resnet34", "scan transformer 4 -> 8"]
 FULL = [*QUICK, "resnet50 -> resnet152", "GPT 110M -> 335M (bf16)"]
 
-MEMORY_CHILD = f"""
-import gc, os, sys, threading, time
+MEMORY_CHILD = (
+    PEAK_SAMPLER
+    + f"""
+import sys
 sys.path.insert(0, {HERE!r})
-import jax, jax.numpy as jnp
+import jax.numpy as jnp
 import dpiat_jax
 from bench_plan import build_case
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 src_def, dst_def, x = build_case(PAYLOAD)
 abstract = jax.eval_shape(src_def.init, jax.random.key(0), x)
@@ -148,27 +146,11 @@ del out
 init = jax.jit(dst_def.init)
 jax.block_until_ready(init(jax.random.key(1), x))  # compiled here
 
-def peak_of(fn):
-    gc.collect()
-    base = rss()
-    peak = [base]
-    stop = threading.Event()
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.001)
-    thread = threading.Thread(target=sample)
-    thread.start()
-    out = jax.block_until_ready(fn())
-    stop.set(); thread.join()
-    peak[0] = max(peak[0], rss())
-    del out
-    return peak[0] - base
-
 apply_peak = peak_of(lambda: apply(variables, jax.random.key(2)))
 init_peak = peak_of(lambda: init(jax.random.key(2), x))
 RESULT = {{"peak": apply_peak, "init_peak": init_peak, "src": nbytes(variables), "dst": dst_bytes}}
 """
+)
 
 
 def measure(name: str) -> list:

@@ -17,7 +17,7 @@ import argparse
 import os
 import time
 
-from common import machine, median_time, run_child, table
+from common import PEAK_SAMPLER, machine, median_time, run_child, table
 
 PAIRS = [
     ("cifar_resnet20", "cifar_resnet32", 32),
@@ -28,15 +28,12 @@ PAIRS = [
     ("efficientnet_b0", "efficientnet_b2", 64),
 ]
 
-MEMORY_CHILD = """
-import gc, os, threading, time
-import jax, jax.numpy as jnp
+MEMORY_CHILD = (
+    PEAK_SAMPLER
+    + """
+import jax.numpy as jnp
 import dpiat_jax
 from dpiat_jax.models import get_model
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 src_name, dst_name, size = PAYLOAD
 src, dst = get_model(src_name), get_model(dst_name)
@@ -47,22 +44,10 @@ dst_bytes = nbytes(jax.eval_shape(dst.init, jax.random.key(1), x))
 # One warm-up transfer, so that JAX's one-time compilation of the eager ops (memory
 # that any first init pays) is not counted against the transfer.
 jax.block_until_ready(dpiat_jax.transfer(variables, src, dst, jax.random.key(2), sample_input=x))
-gc.collect()
-base = rss()
-peak = [base]
-stop = threading.Event()
-def sample():
-    while not stop.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.001)
-thread = threading.Thread(target=sample)
-thread.start()
-out = dpiat_jax.transfer(variables, src, dst, jax.random.key(1), sample_input=x)
-jax.block_until_ready(out)
-stop.set(); thread.join()
-peak[0] = max(peak[0], rss())
-RESULT = {"peak": peak[0] - base, "src": nbytes(variables), "dst": dst_bytes}
+peak = peak_of(lambda: dpiat_jax.transfer(variables, src, dst, jax.random.key(1), sample_input=x))
+RESULT = {"peak": peak, "src": nbytes(variables), "dst": dst_bytes}
 """
+)
 
 
 def main() -> None:

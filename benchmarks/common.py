@@ -94,6 +94,35 @@ def run_child(code: str, payload: Any, env: dict[str, str] | None = None) -> Any
             return json.load(f)
 
 
+#: Child-process code (for :func:`run_child`): ``peak_of(fn)`` runs ``fn`` once and returns
+#: the peak resident set size above the level just before it, sampled every millisecond.
+PEAK_SAMPLER = """
+import gc, os, threading, time
+import jax
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+def peak_of(fn):
+    gc.collect()
+    base = rss()
+    peak = [base]
+    stop = threading.Event()
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+    thread = threading.Thread(target=sample)
+    thread.start()
+    out = jax.block_until_ready(fn())
+    stop.set(); thread.join()
+    peak[0] = max(peak[0], rss())
+    del out
+    return peak[0] - base
+"""
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A markdown table."""
 
