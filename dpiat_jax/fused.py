@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import re
 from collections.abc import Mapping, Sequence
 
 from dpiat_jax.layers import Layer
@@ -49,10 +50,7 @@ class FusedRule:
 
     def matches(self, name: str) -> bool:
         """Whether a layer name (with or without step labels) matches the pattern."""
-        plain = name
-        while "[" in plain and "]" in plain:
-            start = plain.index("[")
-            plain = plain[:start] + plain[plain.index("]", start) + 1 :]
+        plain = re.sub(r"\[[^\]]*\]", "", name)
         return fnmatch.fnmatchcase(name, self.pattern) or fnmatch.fnmatchcase(plain, self.pattern)
 
 

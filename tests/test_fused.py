@@ -194,3 +194,12 @@ def test_parts_move_separately_only_when_the_source_splits_alike():
     assert plain_into_fused.report.fused == ()
     alike = dpiat_jax.plan(Parts(3), Parts(3, 16), sample_input=X)
     assert ("params/p/kernel", 1, 3) in alike.report.fused
+
+
+def test_fused_patterns_ignore_step_labels():
+    from dpiat_jax.fused import FusedRule
+
+    rule = FusedRule("layers/qkv", 3)
+    assert rule.matches("layers[2]/qkv") and rule.matches("layers[*]/qkv")
+    assert rule.matches("layers/qkv") and not rule.matches("layers[2]/out")
+    assert FusedRule("layers[[]2]/qkv", 3).matches("layers[2]/qkv")  # fnmatch escape
