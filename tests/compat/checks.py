@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dpiat_jax
+
 #: Source values made recognisable start here (far beyond any initialiser's scale).
 MARK = 1000.0
 
@@ -189,3 +191,14 @@ def hf_form(variables: dict):
     ``transfer`` returns for a Hugging Face target): the params collection alone, or the
     whole dict for models with other collections (``batch_stats``)."""
     return variables["params"] if set(variables) == {"params"} else variables
+
+
+def hf_planned(make: Callable, params: Callable, src_shape: tuple, dst_shape: tuple):
+    """``(plan, result)`` of a transfer between two Hugging Face models built by
+    ``make(*shape)`` without params, the source's ``params(*src_shape)``; the result is
+    in the model's form and has its fresh init's structure, shapes and dtypes."""
+    src, dst = make(*src_shape), make(*dst_shape)
+    the_plan = dpiat_jax.plan(src, dst, src_variables=params(*src_shape))
+    out = hf_form(the_plan.apply(params(*src_shape), key(0)))
+    assert_fresh_form(out, hf_fresh(dst))
+    return the_plan, out

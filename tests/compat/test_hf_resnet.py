@@ -19,10 +19,9 @@ from compat.checks import (
     assert_every_block_seeded,
     assert_every_layer_seeded_by_its_role,
     assert_finite,
-    assert_fresh_form,
     block_role,
-    hf_form,
     hf_fresh,
+    hf_planned,
     key,
     random_like,
     require,
@@ -72,11 +71,7 @@ def runs(model, out) -> None:
 
 def planned(src_shape: tuple, dst_shape: tuple):
     """``(plan, result)`` of a transfer from a model without params and its params."""
-    src, dst = resnet(*src_shape), resnet(*dst_shape)
-    the_plan = dpiat_jax.plan(src, dst, src_variables=params(*src_shape))
-    out = hf_form(the_plan.apply(params(*src_shape), key(0)))
-    assert_fresh_form(out, hf_fresh(dst))
-    return the_plan, out
+    return hf_planned(resnet, params, src_shape, dst_shape)
 
 
 @pytest.mark.parametrize(
