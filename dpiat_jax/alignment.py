@@ -55,6 +55,7 @@ __all__ = [
     "DepthInputs",
     "ENCODING_CACHE_SIZE",
     "Encoding",
+    "EncodingCache",
     "FAST_PATH_WORK",
     "KERNEL_POLICIES",
     "KernelPolicy",
@@ -66,15 +67,18 @@ __all__ = [
     "alignment_scores",
     "block_tables",
     "bucket",
+    "canonicalise",
     "current_policy",
     "default_cache_dir",
     "enable_compilation_cache",
     "encode",
+    "index_tree",
     "kernel_policy",
     "wait_for_compiles",
     "larger",
     "solve",
     "tolerance",
+    "use_compiled",
 ]
 
 #: Relative tolerance under which two dynamic-programme values count as equal.
@@ -493,6 +497,29 @@ class _Sightings:
 _SIGHTINGS = _Sightings()
 
 
+def use_compiled(signature: tuple, work: int, policy: str, warm: Callable[[], Any]) -> bool:
+    """Whether a kernel call of this shape signature runs compiled under ``policy``.
+
+    The one place that decides for every dynamic programme of the library: ``"jit"``
+    always, ``"numpy"`` never, ``"auto"`` when the work is large or the signature was
+    compiled already; a small signature met :data:`COMPILE_AT_SIGHTING` times starts a
+    background compile (``warm()`` runs the kernel once) while NumPy keeps answering.
+
+    Args:
+      signature: the shapes (and static options) that select a compiled kernel.
+      work: the size of the NumPy computation, compared with :data:`FAST_PATH_WORK`.
+      policy: ``"auto"``, ``"jit"`` or ``"numpy"``.
+      warm: runs the kernel once on this call's inputs.
+
+    Returns:
+      True to run the compiled kernel now, False for the NumPy path.
+
+    >>> use_compiled(("doc", 1), 10, "numpy", lambda: None)
+    False
+    """
+    return _SIGHTINGS.use_compiled(signature, work, _check_policy(policy), warm)
+
+
 def wait_for_compiles(timeout: float | None = None) -> bool:
     """Waits for the kernel compiles that repeated alignments started in the background.
 
@@ -546,9 +573,21 @@ class Block:
         return tuple(self.path + (j,) for j in range(len(self.children)))
 
 
-def _index_tree(tree: SpecTree, kinds: dict[str, int]) -> list[list[Block]]:
-    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first; new
-    kinds are added to ``kinds``."""
+def index_tree(tree: SpecTree, kinds: dict[str, int]) -> list[list[Block]]:
+    """Lists the blocks (nested lists) of a tree by nesting depth, breadth first.
+
+    Args:
+      tree: a validated spec tree (its root is a list).
+      kinds: kind name -> id; new kinds are added to it.
+
+    Returns:
+      ``levels[d]``: the :class:`Block` records of depth ``d``, breadth first; a nested
+      list's entry in ``children`` is its position in ``levels[d + 1]``.
+
+    >>> levels = index_tree([LayerSpec("bn", (4,)), [LayerSpec("bn", (4,))]], {})
+    >>> [len(level) for level in levels], levels[0][0].codes
+    ([1, 1], (0, -2))
+    """
     levels: list[list[Block]] = []
     frontier: list[tuple[IndexPath, Sequence]] = [((), tree)]  # type: ignore[list-item]
     while frontier:
@@ -576,13 +615,24 @@ def _index_tree(tree: SpecTree, kinds: dict[str, int]) -> list[list[Block]]:
     return levels
 
 
-def _canonicalise(trees: Sequence[list[list[Block]]]) -> tuple[list[list[list[int]]], list[list]]:
+def canonicalise(trees: Sequence[list[list[Block]]]) -> tuple[list[list[list[int]]], list[list]]:
     """Gives identical blocks one id, across all the given trees, depth by depth.
 
     Architectures repeat blocks, and identical blocks align identically, so only the
-    distinct ones need solving. Returns ``(ids, distinct)``: ``ids[t][d][b]`` is the id
-    of tree ``t``'s block ``b`` at depth ``d``; ``distinct[d][i]`` the content of id
-    ``i`` (a tuple of LayerSpec leaves and deeper ids).
+    distinct ones need solving.
+
+    Args:
+      trees: per tree, its :func:`index_tree` levels.
+
+    Returns:
+      ``(ids, distinct)``: ``ids[t][d][b]`` is the id of tree ``t``'s block ``b`` at
+      depth ``d``; ``distinct[d][i]`` the content of id ``i`` (a tuple of LayerSpec
+      leaves and deeper ids).
+
+    >>> bn = LayerSpec("bn", (4,))
+    >>> ids, distinct = canonicalise([index_tree([[bn], [bn]], {})])
+    >>> ids, len(distinct[1])
+    ([[[0], [0, 0]]], 1)
     """
     depth = max(len(t) for t in trees)
     ids: list[list[list[int]]] = [[[] for _ in t] for t in trees]
@@ -731,10 +781,10 @@ def encode(sources: Sequence[SpecTree], target: SpecTree) -> Encoding:
     (1, [0])
     """
     kinds: dict[str, int] = {}
-    src_levels = tuple(_index_tree(s, kinds) for s in sources)
-    dst_levels = _index_tree(target, kinds)
-    src_ids, src_distinct = _canonicalise(src_levels)
-    (dst_ids,), dst_distinct = _canonicalise([dst_levels])
+    src_levels = tuple(index_tree(s, kinds) for s in sources)
+    dst_levels = index_tree(target, kinds)
+    src_ids, src_distinct = canonicalise(src_levels)
+    (dst_ids,), dst_distinct = canonicalise([dst_levels])
     depth_count = min(len(dst_distinct), len(src_distinct))
     rank = bucket(_max_rank(src_distinct + dst_distinct), 4)
     dst_counts = tuple(
@@ -762,16 +812,21 @@ def encode(sources: Sequence[SpecTree], target: SpecTree) -> Encoding:
     return Encoding(tuple(reversed(depths)), dst_counts, src_levels, dst_levels, src_ids, dst_ids)
 
 
-class _EncodingCache:
+class EncodingCache:
     """Encodings by the trees' structure (and the padding in force), least recently used
-    dropped first; guarded by a lock, as solves may run in several threads."""
+    dropped first; guarded by a lock, as solves may run in several threads.
+
+    >>> cache = EncodingCache(1)
+    >>> cache.get(("a",), lambda: 1), cache.get(("a",), lambda: 2), cache.get(("b",), lambda: 3)
+    (1, 1, 3)
+    """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict = collections.OrderedDict()
 
-    def get(self, key: tuple, build: Callable[[], Encoding]) -> Encoding:
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
         """The encoding under ``key``, built by ``build()`` on a miss."""
         with self._lock:
             found = self._entries.get(key)
@@ -786,7 +841,7 @@ class _EncodingCache:
         return encoding
 
 
-_ENCODINGS = _EncodingCache(ENCODING_CACHE_SIZE)
+_ENCODINGS = EncodingCache(ENCODING_CACHE_SIZE)
 
 
 # ----------------------------------------------------------------------------------

@@ -397,8 +397,9 @@ def similarity(
       sample_input: one batch for both (``dpiat_jax.Inputs(x, y)`` for several
         positional inputs), or a ``(src_input, dst_input)`` pair.
       call_kwargs: ``__call__`` keyword arguments, one for both or a pair.
-      matcher: ``"dp"`` (default) or ``"bipartite"`` (its normalised score); no other
-        matcher defines a similarity (``ValueError``).
+      matcher: ``"dp"`` (default), ``"cross"`` (the same ratio with cross-level
+        matches) or ``"bipartite"`` (its normalised score); no other matcher defines a
+        similarity (``ValueError``).
 
     Returns:
       The similarity, a float in [0, 1].

@@ -1,9 +1,11 @@
 """Similarity: how completely one architecture can seed another (design.md, "Similarity").
 
-``sim(S, T) = score(S, T) / score(T, T)`` under the ``dp`` matcher: 1.0 when the source
-covers the target completely, toward 0 as the architectures diverge; not symmetric.
-The ``bipartite`` matcher's score is already normalised and is its similarity; no other
-matcher defines one. Every similarity of the library (the report's, and
+``sim(S, T) = score(S, T) / score(T, T)`` under the ``dp`` and ``cross`` matchers: 1.0
+when the source covers the target completely, toward 0 as the architectures diverge;
+not symmetric. Both share the denominator: a tree aligned with itself credits each
+layer once under either, so ``score(T, T)`` is the same and comes from the batched
+``dp`` kernel. The ``bipartite`` matcher's score is already normalised and is its
+similarity; no other matcher defines one. Every similarity of the library (the report's, and
 :func:`~dpiat_jax.api.similarity` and :func:`~dpiat_jax.api.rank_sources` of the API)
 is computed here.
 """
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dpiat_jax.alignment import Alignment, alignment_scores
-from dpiat_jax.matchers import Matcher, bipartite, matcher_name
+from dpiat_jax.matchers import Matcher, bipartite, cross, matcher_name
 from dpiat_jax.spec import SpecTree, structure_key
 
 __all__ = [
@@ -28,14 +30,15 @@ __all__ = [
 ]
 
 #: The matchers whose normalised score is a similarity.
-SIMILARITY_MATCHERS = ("dp", "bipartite")
+SIMILARITY_MATCHERS = ("dp", "cross", "bipartite")
 
 
 def similarity_matcher(matcher: str | Matcher) -> str:
     """Returns the name of a matcher that defines a similarity.
 
     Args:
-      matcher: ``"dp"`` or ``"bipartite"``, by name or as the registered function.
+      matcher: ``"dp"``, ``"cross"`` or ``"bipartite"``, by name or as the registered
+        function.
 
     Returns:
       Its registry name.
@@ -98,8 +101,8 @@ def tree_similarity(src_tree: SpecTree, dst_tree: SpecTree, matcher: str | Match
     Args:
       src_tree: the source spec tree.
       dst_tree: the target spec tree.
-      matcher: ``"dp"`` (``score(src, dst) / score(dst, dst)``, 0 for a target with
-        nothing to match) or ``"bipartite"`` (its normalised score).
+      matcher: ``"dp"`` or ``"cross"`` (``score(src, dst) / score(dst, dst)``, 0 for a
+        target with nothing to match) or ``"bipartite"`` (its normalised score).
 
     Returns:
       The similarity, in [0, 1].
@@ -117,6 +120,8 @@ def tree_similarity(src_tree: SpecTree, dst_tree: SpecTree, matcher: str | Match
     structure_key(dst_tree, argname="dst")
     if name == "bipartite":
         return float(bipartite(src_tree, dst_tree).score)
+    if name == "cross":
+        return alignment_similarity(cross(src_tree, dst_tree), dst_tree, name)
     return rank_trees([src_tree], dst_tree)[0][1]
 
 
@@ -130,7 +135,8 @@ def alignment_similarity(result: Alignment, dst_tree: SpecTree, matcher: str) ->
       matcher: the matcher's registry name.
 
     Returns:
-      ``dp``: ``result.score / score(dst, dst)``; ``bipartite``: ``result.score``; NaN
+      ``dp``, ``cross``: ``result.score / score(dst, dst)``; ``bipartite``:
+      ``result.score``; NaN
       for a matcher without a similarity (``flat``, ``nested-bipartite``, ``random``,
       user functions), so a report can still be built.
 
@@ -141,7 +147,7 @@ def alignment_similarity(result: Alignment, dst_tree: SpecTree, matcher: str) ->
     """
     if matcher == "bipartite":
         return float(result.score)
-    if matcher != "dp":
+    if matcher not in ("dp", "cross"):
         return math.nan
     self_score = float(alignment_scores([dst_tree], dst_tree)[0])
     return float(_normalise(np.array([result.score]), self_score)[0])

@@ -342,7 +342,7 @@ def test_dp_is_the_default_and_equals_the_dp_matcher():
     assert dpiat_jax.align is align
     assert not hasattr(alignment, "align")  # one public function named align
     assert align(src, dst) == dp(src, dst) == align(src, dst, "dp")
-    assert set(MATCHERS) == {"dp", "flat", "bipartite", "nested-bipartite", "random"}
+    assert set(MATCHERS) == {"dp", "cross", "flat", "bipartite", "nested-bipartite", "random"}
 
 
 def test_unknown_matcher_lists_valid_names():
@@ -420,7 +420,7 @@ def test_each_matcher_through_transfer(src_variables, matcher):
     report = dpiat_jax.match(src_variables, SRC_NET, DST_NET, rng, sample_input=X, matcher=matcher)
     assert report.matcher == matcher and report.tensor_rule == "clip"
     assert report.pairs
-    if matcher in ("dp", "bipartite"):
+    if matcher in ("dp", "cross", "bipartite"):
         assert 0.0 < report.similarity <= 1.0 + 1e-6
     else:
         assert np.isnan(report.similarity)

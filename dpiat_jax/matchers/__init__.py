@@ -6,6 +6,9 @@ sorted by target path, always index paths into the trees as given). One module e
 
 - ``dp`` (the default, :mod:`dpiat_jax.matchers.dp`): the DPIAT dynamic programme over
   the block trees.
+- ``cross`` (:mod:`dpiat_jax.matchers.cross`): the same programme plus matches across
+  nesting levels (a layer or a run of layers against a block's contents, and back), so
+  that a network of another family can seed a hierarchical one.
 - ``flat`` (:mod:`dpiat_jax.matchers.flat`): the published flat dynamic programme over
   the two leaf lists.
 - ``bipartite`` and ``nested-bipartite`` (:mod:`dpiat_jax.matchers.bipartite`): a
@@ -26,6 +29,7 @@ from dpiat_jax.matchers.base import RandomSource as RandomSource
 from dpiat_jax.matchers.base import sort_pairs as sort_pairs
 from dpiat_jax.matchers.bipartite import bipartite as bipartite
 from dpiat_jax.matchers.bipartite import nested_bipartite as nested_bipartite
+from dpiat_jax.matchers.cross import cross as cross
 from dpiat_jax.matchers.dp import dp as dp
 from dpiat_jax.matchers.flat import flat as flat
 from dpiat_jax.matchers.random import random_matching as random_matching
@@ -37,6 +41,7 @@ __all__ = [
     "RandomSource",
     "align",
     "bipartite",
+    "cross",
     "dp",
     "flat",
     "get_matcher",
@@ -49,6 +54,7 @@ __all__ = [
 #: The matchers selectable by name. Each checks its own arguments.
 MATCHERS: dict[str, Matcher] = {
     "dp": dp,
+    "cross": cross,
     "flat": flat,
     "bipartite": bipartite,
     "nested-bipartite": nested_bipartite,
@@ -116,7 +122,7 @@ def align(
     Args:
       src_tree: the source architecture, a nested list with ``LayerSpec`` leaves.
       dst_tree: the target architecture, likewise.
-      matcher: a name in :data:`MATCHERS` (``"dp"``, the default, ``"flat"``,
+      matcher: a name in :data:`MATCHERS` (``"dp"``, the default, ``"cross"``, ``"flat"``,
         ``"bipartite"``, ``"nested-bipartite"``, ``"random"``) or a function
         ``(src_tree, dst_tree, rng=None) -> Alignment``.
       rng: randomness for the random matchers: a jax PRNG key or an int seed
