@@ -116,6 +116,7 @@ def transfer(
     tensor_rule: str | TensorRule | TensorFn = "clip",
     on_nonfinite: str = "warn",
     fused: Mapping[str, int | tuple[int, int]] | None = None,
+    deepen: str | None = None,
     out_shardings: Any = None,
 ) -> Any:
     """Initialises ``dst_def`` from the trained variables of a different architecture.
@@ -162,6 +163,10 @@ def transfer(
         pattern (``fnmatch``) -> part count, or ``(count, axis)``
         (:mod:`dpiat_jax.fused`); splits of a projection's output in the forward pass
         (``jnp.split``, equal slices) are found without it.
+      deepen: None, or ``"identity"``: where one source block seeds a run of target
+        blocks, the later blocks of the run start as identities (their residual branch
+        zero-initialised, :mod:`dpiat_jax.deepening`), so a deeper target computes the
+        source's function at step 0.
       out_shardings: where to place the result: one ``jax.sharding.Sharding`` for every
         array or a pytree of shardings with the result's structure. The result is
         created there; sharded source arrays are read where they live.
@@ -213,7 +218,7 @@ def transfer(
     >>> out["params"]["kernel"].shape
     (3, 4)
     """
-    options = Options(matcher, tensor_rule, on_nonfinite, fused)
+    options = Options(matcher, tensor_rule, on_nonfinite, fused, deepen)
     rng = as_key(rng)
     the_plan = _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options)
     variables, form = as_variables(_source_variables(src_params, src_def), "src_params")
@@ -235,6 +240,7 @@ def match(
     tensor_rule: str | TensorRule | TensorFn = "clip",
     on_nonfinite: str = "warn",
     fused: Mapping[str, int | tuple[int, int]] | None = None,
+    deepen: str | None = None,
 ) -> MatchReport:
     """Returns what :func:`transfer` with the same arguments moves, without moving it.
 
@@ -243,7 +249,7 @@ def match(
 
     Args:
       src_params, src_def, dst_def, rng, sample_input, call_kwargs, matcher,
-      tensor_rule, on_nonfinite, fused: as for :func:`transfer` (``rng`` is only used
+      tensor_rule, on_nonfinite, fused, deepen: as for :func:`transfer` (``rng`` is only used
         by the random matcher).
 
     Returns:
@@ -258,7 +264,7 @@ def match(
     >>> match(src_vars, nn.Dense(2), nn.Dense(4)).pairs
     (('<root>', '<root>', 0.5),)
     """
-    options = Options(matcher, tensor_rule, on_nonfinite, fused)
+    options = Options(matcher, tensor_rule, on_nonfinite, fused, deepen)
     rng = as_key(rng)
     return _plan(src_params, src_def, dst_def, rng, sample_input, call_kwargs, options).report
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from dpiat_jax.deepening import check_deepen
 from dpiat_jax.fused import FusedRule, parse_fused
 from dpiat_jax.matchers import Matcher, matcher_name
 from dpiat_jax.tensors import TensorFn, TensorRule, get_tensor_rule
@@ -29,9 +30,12 @@ class Options:
       on_nonfinite: one of :data:`NONFINITE_POLICIES`.
       fused: layer-name pattern -> part count (or ``(count, axis)``) of fused
         projections the forward pass does not reveal (:mod:`dpiat_jax.fused`).
+      deepen: None, or ``"identity"``: where one source block seeds a run of target
+        blocks, the later blocks of the run start as identities (:mod:`dpiat_jax.deepening`).
 
     Raises:
-      ValueError: an unknown matcher, tensor rule or policy, naming the choices.
+      ValueError: an unknown matcher, tensor rule, policy or ``deepen``, naming the
+        choices.
 
     >>> options = Options(tensor_rule="magnitude")
     >>> options.matcher_name, options.rule.name, options.on_nonfinite
@@ -42,9 +46,11 @@ class Options:
     tensor_rule: str | TensorRule | TensorFn = "clip"
     on_nonfinite: str = "warn"
     fused: Mapping[str, int | tuple[int, int]] | None = None
+    deepen: str | None = None
 
     def __post_init__(self) -> None:
         parse_fused(self.fused)
+        check_deepen(self.deepen)
         get_tensor_rule(self.tensor_rule)
         matcher_name(self.matcher)
         if self.on_nonfinite not in NONFINITE_POLICIES:

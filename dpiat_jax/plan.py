@@ -33,8 +33,9 @@ from flax import traverse_util
 
 from dpiat_jax.arguments import as_key, as_variables, split_inputs, split_kwargs
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
-from dpiat_jax.channels import call_order_channels, fused_axes, target_channels
+from dpiat_jax.channels import ChannelGraph, call_order_channels, fused_axes, target_channels
 from dpiat_jax.coverage import warn_low_coverage
+from dpiat_jax.deepening import Deepening, IdentityBlock, plan_deepening, zero_tensors
 from dpiat_jax.fused import with_parts
 from dpiat_jax.matchers import Matcher, align
 from dpiat_jax.matching import LayerPair, MatchReport, build_report, layer_pairs
@@ -57,6 +58,7 @@ from dpiat_jax.variables import (
     plan_moves,
     written_scalars,
 )
+from dpiat_jax.widening import WidenedSpace, plan_widening, widened_moves, widened_sources
 
 __all__ = ["TransferPlan", "plan", "build_plan"]
 
@@ -104,6 +106,10 @@ class TransferPlan:
         inside :meth:`apply`.
       sample_input: the target's input (abstract); call_kwargs: its keyword arguments.
       matcher: the matcher's name; rule: the tensor rule; on_nonfinite: the policy.
+      widened: for a widening rule (``net2net``), the growing channel spaces of the
+        target and the moves that widen along them (:mod:`dpiat_jax.widening`).
+      deepening: what ``deepen="identity"`` did: the target blocks that start as
+        identities and those kept (:mod:`dpiat_jax.deepening`).
 
     >>> import flax.linen as nn
     >>> import jax.numpy as jnp
@@ -132,13 +138,48 @@ class TransferPlan:
     matcher: str
     rule: TensorRule
     on_nonfinite: str = "warn"
+    widened: tuple[WidenedSpace, ...] = ()
+    deepening: Deepening = Deepening()
     compiled: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     # ---------------------------------------------------------------- reading
 
     def __str__(self) -> str:
-        """The report's table (as ``str(dpiat_jax.match(...))``)."""
-        return str(self.report)
+        """The report's table (as ``str(dpiat_jax.match(...))``), then what the growth
+        options did (:meth:`growth_lines`), if anything."""
+        return "\n".join([str(self.report), *self.growth_lines()])
+
+    def growth_lines(self) -> list[str]:
+        """Lines that say what ``net2net`` widened and ``deepen`` made an identity.
+
+        Returns:
+          One line for the widened channel spaces (naming those whose function is not
+          preserved), one per identity block and one per block of a run kept as a copy;
+          empty without growth.
+
+        >>> import flax.linen as nn
+        >>> import jax.numpy as jnp
+        >>> mlp = lambda width: nn.Sequential([nn.Dense(width), nn.relu, nn.Dense(2)])
+        >>> p = plan(mlp(4), mlp(6), sample_input=jnp.zeros((1, 3)), tensor_rule="net2net")
+        >>> p.growth_lines()
+        ['net2net: 1 channel space widened (function-preserving)']
+        """
+        lines = []
+        if self.widened:
+            mixed = [w.space for w in self.widened if not w.preserved]
+            how = (
+                "function-preserving"
+                if not mixed
+                else f"spaces {mixed} mix channels (a norm, attention, a flatten): not "
+                "function-preserving"
+            )
+            count = len(self.widened)
+            lines.append(f"net2net: {count} channel space{'s' * (count != 1)} widened ({how})")
+        for block in self.deepening.identity:
+            lines.append(f"deepen: {block.block} starts as an identity (run of {block.source})")
+        for block, why in self.deepening.kept:
+            lines.append(f"deepen: {block} keeps its copied values ({why})")
+        return lines
 
     @property
     def coverage(self) -> float:
@@ -299,6 +340,8 @@ class TransferPlan:
             tuple(sorted(self.call_kwargs.items())),
             self.rule,
             self.on_nonfinite,
+            self.widened,
+            self.deepening,
         )
         try:
             hash(parts)
@@ -313,7 +356,13 @@ class TransferPlan:
         fresh = flat_variables(self.model.init(rng, self.sample_input, self.call_kwargs))
         self._check_fresh(fresh)
         rule_rng = jax.random.fold_in(rng, 2)
-        flat = apply_moves(self.moves, self.channel_groups, self.rule, sources, fresh, rule_rng)
+        moves, moved, rule = self.moves, sources, self.rule
+        if rule.widens_channels:  # widened sources, then clip for everything else
+            key = jax.random.fold_in(rule_rng, 0)  # apply_moves folds in 1, 2, ...
+            moves, moved = widened_sources(moves, self.widened, sources, key, rule.widen)
+            rule = TENSOR_RULES["clip"]
+        flat = apply_moves(moves, self.channel_groups, rule, moved, fresh, rule_rng)
+        flat = zero_tensors(flat, self.deepening.zeroed)
         flat = _owned(
             {k: v for k, v in flat.items() if k[0] in collections}, list(sources.values())
         )
@@ -365,6 +414,8 @@ class TransferPlan:
             "sources": [[list(k), *_spec_json(v)] for k, v in self.sources.items()],
             "target": [[list(k), *_spec_json(v)] for k, v in self.target.items()],
             "checked": [list(k) for k in self.checked],
+            "widened": [dataclasses.asdict(w) for w in self.widened],
+            "deepening": dataclasses.asdict(self.deepening),
         }
         try:
             return json.dumps(data)
@@ -426,6 +477,8 @@ class TransferPlan:
             matcher=data["matcher"],
             rule=rule,
             on_nonfinite=data["on_nonfinite"],
+            widened=tuple(_widened_from(w) for w in data.get("widened", ())),
+            deepening=_deepening_from(data.get("deepening")),
         )
 
 
@@ -502,6 +555,26 @@ def _group_from(data: dict) -> ChannelGroup:
     )
 
 
+def _widened_from(data: dict) -> WidenedSpace:
+    return WidenedSpace(
+        data["space"],
+        data["src_size"],
+        data["size"],
+        tuple((int(i), int(axis), bool(c)) for i, axis, c in data["members"]),
+        data["preserved"],
+    )
+
+
+def _deepening_from(data: dict | None) -> Deepening:
+    if not data:
+        return Deepening()
+    identity = tuple(
+        IdentityBlock(b["block"], b["source"], tuple(tuple(k) for k in b["zeroed"]))
+        for b in data["identity"]
+    )
+    return Deepening(identity, tuple(tuple(k) for k in data["kept"]))
+
+
 def _stored_rule(name: str, given: Any) -> TensorRule:
     if given is not None:
         rule = get_tensor_rule(given)
@@ -542,12 +615,8 @@ def _matcher_rng(rng: PRNGKey | None, options: Options) -> PRNGKey:
     return jax.random.fold_in(rng, 3)
 
 
-def _channel_moves(
-    moves: tuple[TensorMove, ...], pairs: list[LayerPair], dst: Traced, model: Model, rule
-) -> tuple[tuple[TensorMove, ...], tuple[ChannelGroup, ...]]:
-    """Channel dimensions and selections for a channel-selecting rule (else none)."""
-    if not rule.selects_channels:
-        return moves, ()
+def _target_graph(pairs: list[LayerPair], dst: Traced, model: Model, rule) -> ChannelGraph:
+    """The target's channel graph: from its jaxpr, else from its matched layers' order."""
     graph = None
     if model.linen_module is not None:
         graph = target_channels(
@@ -555,7 +624,30 @@ def _channel_moves(
         )
     if graph is None:
         graph = call_order_channels([p.dst for p in pairs])
-    return plan_channels(moves, graph)
+    return graph
+
+
+def _channel_moves(
+    moves: tuple[TensorMove, ...], pairs: list[LayerPair], dst: Traced, model: Model, rule
+) -> tuple[tuple[TensorMove, ...], tuple[ChannelGroup, ...], tuple[WidenedSpace, ...]]:
+    """Channel dimensions and selections for a channel-selecting rule, the widened
+    spaces for a widening rule (else none)."""
+    if rule.selects_channels:
+        return (*plan_channels(moves, _target_graph(pairs, dst, model, rule)), ())
+    if rule.widens_channels:
+        return moves, (), plan_widening(moves, _target_graph(pairs, dst, model, rule))
+    return moves, (), ()
+
+
+def _deepening(
+    pairs: list[LayerPair], dst_blocks: list, dst: Traced, model: Model, options: Options
+) -> Deepening:
+    """What ``deepen="identity"`` zeroes (nothing without it)."""
+    if options.deepen != "identity":
+        return Deepening()
+    return plan_deepening(
+        pairs, dst_blocks, model.linen_module, dst.variables, dst.sample_input, dst.kwargs
+    )
 
 
 def _detected_fused(dst: Traced, model: Model) -> dict[TensorKey, tuple[int, int]]:
@@ -636,6 +728,25 @@ class _ProgramCache:
 _PROGRAMS = _ProgramCache()
 
 
+def _fused_moves(
+    moves: tuple[TensorMove, ...],
+    pairs: list[LayerPair],
+    src: Traced,
+    dst: Traced,
+    model: Model,
+    src_model: Model | None,
+    options: Options,
+) -> tuple[TensorMove, ...]:
+    """The moves with the fused projections split into parts (:mod:`dpiat_jax.fused`)."""
+    detected = _detected_fused(dst, model)
+    src_detected = None if src_model is None else _detected_fused(src, src_model)
+    if src_detected is not None and src_model.linen_module is None:
+        src_detected = None  # an NNX source: no forward-pass analysis, trust the target
+    return with_parts(
+        moves, {p.dst.name: p.dst for p in pairs}, options.fused_rules, detected, src_detected
+    )
+
+
 def plan_traced(
     src: Traced,
     dst: Traced,
@@ -680,19 +791,14 @@ def plan_traced(
         sim = alignment_similarity(result, dst_spec, options.matcher_name)
     pairs = layer_pairs(result, src_blocks, dst_blocks)
     moves, skipped = plan_moves(pairs)
-    detected = _detected_fused(dst, model)
-    src_detected = None if src_model is None else _detected_fused(src, src_model)
-    if src_detected is not None and src_model.linen_module is None:
-        src_detected = None  # an NNX source: no forward-pass analysis, trust the target
-    moves = with_parts(
-        moves, {p.dst.name: p.dst for p in pairs}, options.fused_rules, detected, src_detected
-    )
-    moves, groups = _channel_moves(moves, pairs, dst, model, options.rule)
+    moves = _fused_moves(moves, pairs, src, dst, model, src_model, options)
+    moves, groups, widened = _channel_moves(moves, pairs, dst, model, options.rule)
+    deepening = _deepening(pairs, dst_blocks, dst, model, options)
     report = build_report(
         pairs,
         src_blocks,
         dst_blocks,
-        written=written_scalars(moves),
+        written=written_scalars(widened_moves(moves, widened)),
         skipped=skipped,
         score=result.score,
         similarity=sim,
@@ -718,6 +824,8 @@ def plan_traced(
         matcher=options.matcher_name,
         rule=options.rule,
         on_nonfinite=options.on_nonfinite,
+        widened=widened,
+        deepening=deepening,
     )
 
 
@@ -779,6 +887,7 @@ def plan(
     on_nonfinite: str = "warn",
     fused: Mapping[str, int | tuple[int, int]] | None = None,
     rng: PRNGKey | None = None,
+    deepen: str | None = None,
 ) -> TransferPlan:
     """Plans the transfer from ``src_def`` to ``dst_def`` from shapes alone.
 
@@ -798,7 +907,9 @@ def plan(
       matcher: a name in ``dpiat_jax.matchers.MATCHERS`` or a function
         ``(src_tree, dst_tree, rng=None) -> Alignment``.
       tensor_rule: a name in ``dpiat_jax.tensors.TENSOR_RULES``, a
-        :class:`~dpiat_jax.tensors.TensorRule` or a function ``(src, dst, rng) -> array``.
+        :class:`~dpiat_jax.tensors.TensorRule` or a function ``(src, dst, rng) -> array``;
+        ``"net2net"`` widens with Net2Net's function-preserving copies
+        (:mod:`dpiat_jax.widening`).
       on_nonfinite: what :meth:`TransferPlan.apply` does with NaN/inf in a copied source
         tensor: ``"warn"``, ``"raise"`` or ``"ignore"``.
       fused: fused projections the forward pass does not reveal: layer-name pattern
@@ -806,14 +917,19 @@ def plan(
         Splits of a projection's output in the target's forward pass (``jnp.split``,
         equal slices) are found without it.
       rng: randomness for the ``random`` matcher (others ignore it).
+      deepen: None, or ``"identity"``: where one source block seeds a run of target
+        blocks, the first block of the run takes the source values and the later ones
+        start as identities (their residual branch's last layer zero;
+        :mod:`dpiat_jax.deepening`).
 
     Returns:
       The :class:`TransferPlan`; ``str(plan)`` is its report's table.
 
     Raises:
       TypeError: a definition that is not a Flax module, or malformed arguments.
-      ValueError: unknown options, an input that does not run, variables that do not
-        fit ``src_def``, or a model without layers.
+      ValueError: unknown options (naming the argument and the valid values), an input
+        that does not run, variables that do not fit ``src_def``, or a model without
+        layers.
 
     >>> import flax.linen as nn
     >>> import jax.numpy as jnp
@@ -823,6 +939,6 @@ def plan(
     >>> [(m.src[-1], m.src_shape, m.dst_shape) for m in p.moves]
     [('bias', (2,), (4,)), ('kernel', (3, 2), (3, 4))]
     """
-    options = Options(matcher, tensor_rule, on_nonfinite, fused)
+    options = Options(matcher, tensor_rule, on_nonfinite, fused, deepen)
     rng = as_key(rng)
     return build_plan(src_def, dst_def, src_variables, sample_input, call_kwargs, options, rng)

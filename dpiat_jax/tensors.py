@@ -8,8 +8,9 @@ only static shapes and jnp operations, so they are jit-compatible.
 The rules of design.md, selectable by name (:data:`TENSOR_RULES`, :func:`get_tensor_rule`):
 ``clip`` (the default: centre-crop or centre-place, slices only), ``magnitude`` (keep the
 largest-L1 channels when shrinking, source at the start when growing), ``full`` (every
-target position filled from a source position, random ones outside the centre) and
-``uniform`` (evenly spaced source positions when shrinking).
+target position filled from a source position, random ones outside the centre),
+``uniform`` (evenly spaced source positions when shrinking) and ``net2net`` (Net2Net's
+function-preserving widening when growing, clip otherwise: :mod:`dpiat_jax.widening`).
 
 Channel-consistent rules. A rule that keeps a *subset* of channels also carries two
 functions in its :class:`TensorRule` record, which :func:`dpiat_jax.variables.write_tensors`
@@ -26,6 +27,13 @@ uses to keep one subset per channel space of the target (:mod:`dpiat_jax.channel
 positions drawn per tensor) and plain user functions have neither and are applied per
 tensor as they are.
 
+Widening rules. A rule may instead carry ``widen(src, axes) -> array``
+(:func:`dpiat_jax.widening.widen` for ``net2net``): a plan then draws one mapping per
+growing channel space of the target, widens each source along its growing channel
+dimensions (copies where the dimension produces the space, copies divided by the copy
+counts where a contraction consumes it) and moves the rest by the clip rule
+(:func:`dpiat_jax.widening.plan_widening`).
+
 Positional embeddings are found here too (:func:`is_positional_embedding`: the one place
 that decides which tensors are positional) and resized over their patch grid by
 interpolation (:func:`resize_positional`) before any rule sees them; that is a property
@@ -33,7 +41,7 @@ of the tensor, so it holds for every rule.
 
 >>> import jax.numpy as jnp
 >>> sorted(TENSOR_RULES)
-['clip', 'full', 'magnitude', 'uniform']
+['clip', 'full', 'magnitude', 'net2net', 'uniform']
 >>> TENSOR_RULES["uniform"](jnp.arange(5.0), jnp.zeros(3))
 Array([0., 2., 4.], dtype=float32)
 """
@@ -51,6 +59,7 @@ from jax import lax
 
 from dpiat_jax import kinds
 from dpiat_jax.types import PRNGKey, Shape
+from dpiat_jax.widening import WidenedAxis, growth_mapping, widen
 
 __all__ = [
     "TensorRule",
@@ -58,10 +67,12 @@ __all__ = [
     "RuleRng",
     "SelectChannelsFn",
     "ApplyChannelsFn",
+    "WidenFn",
     "clip",
     "magnitude",
     "full",
     "uniform",
+    "net2net",
     "uniform_indices",
     "centre_slices",
     "place",
@@ -85,6 +96,9 @@ SelectChannelsFn = Callable[[Sequence[tuple[jax.Array, int]], int], jax.Array]
 ApplyChannelsFn = Callable[
     [jax.Array, jax.Array, RuleRng, Sequence[int], Mapping[int, jax.Array]], jax.Array
 ]
+#: ``(src, axes) -> array``: a widening rule's source widened along ``(axis, mapping,
+#: consumes)`` triples (:func:`dpiat_jax.widening.widen`).
+WidenFn = Callable[[jax.Array, Sequence[WidenedAxis]], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +115,9 @@ class TensorRule:
         the module notes); None for a rule applied per tensor.
       apply_channels: for a channel-selecting rule, ``(src, dst, rng, channel_axes,
         selections) -> array``; None otherwise.
+      widen: for a widening rule, ``(src, axes) -> array`` (:data:`WidenFn`): in a
+        transfer every growing channel space of the target gets one mapping, each source
+        is widened along it and the clip rule moves the rest; None otherwise.
 
     A record is callable as its ``apply``:
 
@@ -116,6 +133,7 @@ class TensorRule:
     apply: TensorFn
     select_channels: SelectChannelsFn | None = None
     apply_channels: ApplyChannelsFn | None = None
+    widen: WidenFn | None = None
 
     def __post_init__(self) -> None:
         if (self.select_channels is None) != (self.apply_channels is None):
@@ -123,6 +141,16 @@ class TensorRule:
                 f"TensorRule {self.name!r}: give both select_channels and apply_channels "
                 "(a channel-selecting rule) or neither (a per-tensor rule)."
             )
+        if self.widen is not None and self.select_channels is not None:
+            raise ValueError(
+                f"TensorRule {self.name!r}: a rule either selects channels or widens them, "
+                "not both."
+            )
+
+    @property
+    def widens_channels(self) -> bool:
+        """Whether the rule widens whole channel spaces (``widen`` is set)."""
+        return self.widen is not None
 
     @property
     def selects_channels(self) -> bool:
@@ -517,6 +545,53 @@ def _uniform_apply(
     return _place(src, dst, tuple(dst_slices))
 
 
+def net2net(src: jax.Array, dst: jax.Array, rng: RuleRng = None) -> jax.Array:
+    """Net2Net's function-preserving widening, on one tensor (:mod:`dpiat_jax.widening`).
+
+    Chen, Goodfellow and Shlens, "Net2Net: Accelerating Learning via Knowledge Transfer"
+    (ICLR 2016). On its own a tensor is read in Flax's layout: the last dimension is the
+    output (producing) channel dimension, the one before it (for rank >= 2) the input
+    (consuming) one. A growing channel dimension of size ``a -> b`` keeps channel ``j <
+    a`` and gives every new channel a copy of a source channel drawn with ``rng``
+    (:func:`dpiat_jax.widening.growth_mapping`; the draw depends only on ``rng`` and the
+    two sizes, so the output dimension of one kernel and the input dimension of the next
+    get the same mapping from the same ``rng``); along the input dimension the copies are
+    divided by the copy counts. Shrinking and equal dimensions, and the spatial ones,
+    follow :func:`clip`.
+
+    In a transfer the rule widens whole channel spaces of the target instead (one
+    mapping per space, producing and consuming dimensions read from the target's jaxpr:
+    :func:`dpiat_jax.widening.plan_widening`).
+
+    Args:
+      src: the matched source tensor.
+      dst: the target tensor's fresh initialisation (the same rank).
+      rng: a jax PRNG key, an int seed, or None (seed 0).
+
+    Returns:
+      An array of ``dst``'s shape and dtype.
+
+    Raises:
+      ValueError: when the ranks differ.
+
+    >>> import jax.numpy as jnp
+    >>> w1, w2 = jnp.array([[1.0, 2.0]]), jnp.array([[3.0], [4.0]])
+    >>> v1, v2 = net2net(w1, jnp.zeros((1, 3)), 0), net2net(w2, jnp.zeros((3, 1)), 0)
+    >>> float((w1 @ w2)[0, 0]), float((v1 @ v2)[0, 0])  # the same function
+    (11.0, 11.0)
+    """
+    _check_ranks("net2net", src, dst)
+    src = jnp.asarray(src)
+    key = _as_key(rng)
+    axes = []
+    for axis in range(max(src.ndim - 2, 0), src.ndim):
+        a, b = src.shape[axis], dst.shape[axis]
+        if a < b:
+            consumes = src.ndim >= 2 and axis == src.ndim - 2
+            axes.append((axis, growth_mapping(key, a, b), consumes))
+    return clip(widen(src, axes), dst)
+
+
 # ----------------------------------------------------------------------------------
 # Positional embeddings: resized over the patch grid (for every rule).
 
@@ -690,6 +765,7 @@ TENSOR_RULES: dict[str, TensorRule] = {
     "magnitude": TensorRule("magnitude", magnitude, _magnitude_select, _magnitude_apply),
     "full": TensorRule("full", full),
     "uniform": TensorRule("uniform", uniform, _uniform_select, _uniform_apply),
+    "net2net": TensorRule("net2net", net2net, widen=widen),
 }
 
 

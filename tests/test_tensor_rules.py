@@ -176,7 +176,7 @@ def test_rules_reject_rank_mismatch(name):
 
 
 def test_unknown_rule_lists_valid_names():
-    assert list(TENSOR_RULES) == ["clip", "magnitude", "full", "uniform"]
+    assert list(TENSOR_RULES) == ["clip", "magnitude", "full", "uniform", "net2net"]
     with pytest.raises(ValueError) as err:
         get_tensor_rule("nearest")
     for name in TENSOR_RULES:

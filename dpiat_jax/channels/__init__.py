@@ -60,6 +60,7 @@ from dpiat_jax.channels.graph import (
     channel_axes,
 )
 from dpiat_jax.channels.jaxpr import (
+    apply_jaxpr,
     fused_axes,
     trace_channels,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "ChannelGraph",
     "SelectionKey",
     "TensorKey",
+    "apply_jaxpr",
     "call_order_channels",
     "channel_axes",
     "channel_selections",

@@ -3,7 +3,8 @@
 :func:`call_order_channels` walks the (matched) target layers in call order: a conv or
 dense kernel's last dimension opens a new space (its output, also its bias's), its
 second-to-last joins the current space (its input), norms join the current space, a
-depthwise conv keeps it, an ``Embed`` opens one; other layers (``DenseGeneral``,
+depthwise conv keeps it, an ``Embed`` opens one; a (non-depthwise) kernel's input
+dimension consumes its space; other layers (``DenseGeneral``,
 pseudo-layers of module-owned parameters, unknown kinds) are left to the rule's
 per-tensor behaviour, and a ``DenseGeneral`` or unknown layer breaks the chain. It sees
 neither residual adds nor branches, and only the layers it is given.
@@ -33,6 +34,11 @@ class _Current:
 
 # What one layer adds: key -> (per dimension the space, per dimension producer or not).
 _Entries = dict[TensorKey, tuple[tuple[int | None, ...], tuple[bool, ...]]]
+
+
+def _consumes(entry_key: TensorKey, axes: tuple[int | None, ...], kernels: set) -> tuple:
+    """Per dimension whether it is a conv or dense kernel's input dimension."""
+    return tuple(entry_key in kernels and i == len(axes) - 2 for i in range(len(axes)))
 
 
 def _key(layer: Layer, collection: str, name: str) -> TensorKey:
@@ -163,11 +169,16 @@ def call_order_channels(layers: Sequence[Layer]) -> ChannelGraph:
     counter = itertools.count()
     spaces: dict[TensorKey, tuple[int | None, ...]] = {}
     producers: dict[TensorKey, tuple[bool, ...]] = {}
+    consumers: dict[TensorKey, tuple[bool, ...]] = {}
     current: _Current | None = None
     for layer in layers:
         if layer.is_placeholder:
             continue
         entries, current = _layer_entries(layer, current, counter)
+        kernels = set()
+        if kinds.is_conv_or_dense(layer.kind) and not kinds.is_depthwise_conv(layer.kind):
+            kernels = {_key(layer, "params", layer.main)}
         for key, (axes, prods) in entries.items():
             spaces[key], producers[key] = axes, prods
-    return ChannelGraph(spaces, producers, "call order")
+            consumers[key] = _consumes(key, axes, kernels)
+    return ChannelGraph(spaces, producers, "call order", consumers)

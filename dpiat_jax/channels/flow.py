@@ -3,8 +3,11 @@
 Its nodes are ``(scope, var, dimension)`` triples: a jaxpr variable's dimension in one
 call site (scope) of the program. Two nodes in one set index the same channels. Beside
 the sets the flow keeps *aliases* (which jaxpr variables hold a parameter, possibly
-reshaped or transposed, and which of its dimensions) and the *producing* parameter
-dimensions (the free dimensions of a parameter in a contraction). The primitive rules
+reshaped or transposed, and which of its dimensions), the *producing* parameter
+dimensions (the free dimensions of a parameter in a contraction), the *consuming* ones
+(its contracted dimensions) and the *mixed* dimensions of computed values (channels that
+the program combines other than through a parameter: a reduction such as LayerNorm's
+mean, a contraction of two computed values such as attention scores, a flatten). The primitive rules
 that fill it are in :mod:`dpiat_jax.channels.primitives`.
 """
 
@@ -67,6 +70,10 @@ class DimensionFlow:
       parent: the union-find forest (node -> parent node).
       alias: ``(scope, var)`` -> the :data:`Alias` of a variable that holds a parameter.
       producer: the ``(parameter index, dimension)`` pairs that produce a channel space.
+      consumer: the ``(parameter index, dimension)`` pairs that a contraction sums over
+        (a kernel's input dimension).
+      mixed: the ``(scope, var, dimension)`` nodes of computed values whose channels the
+        program combines other than through a parameter.
       cuts: ``(scope, var, dimension)`` -> the ``(start, stop)`` pieces the program cuts
         out of that dimension (``split``, ``slice``): how a fused projection's output is
         taken apart (:func:`dpiat_jax.channels.fused_axes`).
@@ -85,6 +92,8 @@ class DimensionFlow:
         self.parent: dict[Node, Node] = {}
         self.alias: dict[tuple[int, Any], Alias] = {}
         self.producer: set[tuple[int, int]] = set()
+        self.consumer: set[tuple[int, int]] = set()
+        self.mixed: set[Node] = set()
         self.cuts: dict[Node, set[tuple[int, int]]] = {}
         self._scopes = itertools.count(1)
 
@@ -162,3 +171,23 @@ class DimensionFlow:
         for d in free_dims:
             if dims[d] is not None:
                 self.producer.add((param, dims[d]))
+
+    def mark_consumer(self, scope: int, v: Any, dims: Iterable[int]) -> None:
+        """Marks the parameter dimensions behind ``v``'s ``dims`` as consumers (summed
+        over by a contraction)."""
+        src = self.alias_of(scope, v)
+        if src is None:
+            return
+        param, held = src
+        for d in dims:
+            if held[d] is not None:
+                self.consumer.add((param, held[d]))
+
+    def mark_mixed(self, scope: int, v: Any, dims: Iterable[int]) -> None:
+        """Marks ``v``'s ``dims`` as mixed when ``v`` is a computed value (its channels
+        are combined other than through a parameter)."""
+        if not is_var(v) or self.alias_of(scope, v) is not None:
+            return
+        for d in dims:
+            if var_shape(v)[d] > 1:
+                self.mixed.add((scope, v, d))

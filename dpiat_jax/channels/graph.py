@@ -3,7 +3,12 @@
 A :class:`ChannelGraph` assigns every dimension of every target tensor either a *channel
 space* (an integer; dimensions with the same space index the same channels) or ``None``
 (not a channel dimension: a conv window, a scanned layer axis, a size-1 axis). It also
-flags the *producing* dimensions: the output dimensions of a kernel or embedding.
+flags the *producing* dimensions (the output dimensions of a kernel or embedding), the
+*consuming* ones (the dimensions a contraction sums over: a kernel's input dimension) and
+the *mixed* spaces (whose channels the program also combines other than through a
+parameter: LayerNorm statistics, attention scores, a flatten), which
+:mod:`dpiat_jax.widening` needs to tell a function-preserving widening from one that is
+not.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ class ChannelGraph:
         output dimension of a kernel or embedding).
       method: ``"jaxpr"`` (:func:`~dpiat_jax.channels.trace_channels`) or
         ``"call order"`` (:func:`~dpiat_jax.channels.call_order_channels`).
+      consumers: key -> per dimension whether a contraction sums over it (a kernel's
+        input dimension); empty when unknown.
+      mixed: the spaces whose channels the program combines other than through a
+        parameter (a reduction over them, a contraction of two computed values, a
+        grouped convolution's input and output, a flatten); empty for the call-order graph.
 
     >>> graph = ChannelGraph(
     ...     spaces={("fc", "kernel"): (None, 0), ("fc", "bias"): (0,)},
@@ -40,6 +50,8 @@ class ChannelGraph:
     spaces: Mapping[TensorKey, tuple[int | None, ...]]
     producers: Mapping[TensorKey, tuple[bool, ...]]
     method: str = "jaxpr"
+    consumers: Mapping[TensorKey, tuple[bool, ...]] = dataclasses.field(default_factory=dict)
+    mixed: frozenset[int] = frozenset()
 
     def members(self, space: int) -> list[tuple[TensorKey, int]]:
         """Returns the ``(key, dimension)`` pairs in one space.

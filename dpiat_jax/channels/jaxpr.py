@@ -27,7 +27,7 @@ from dpiat_jax.channels.primitives import walk
 from dpiat_jax.trace.inputs import positional
 from dpiat_jax.types import ArrayTree, Variables
 
-__all__ = ["fused_axes", "trace_channels"]
+__all__ = ["apply_jaxpr", "fused_axes", "trace_channels"]
 
 
 def _flat_variables(variables: Variables) -> dict[TensorKey, Any]:
@@ -62,6 +62,44 @@ def _apply_jaxpr(
     return closed.jaxpr
 
 
+def apply_jaxpr(
+    module: nn.Module,
+    variables: Variables,
+    *args: ArrayTree,
+    rngs: Mapping[str, jax.Array] | None = None,
+    **kwargs: Any,
+) -> tuple[jcore.Jaxpr, list[TensorKey]]:
+    """Traces ``module.apply`` to a jaxpr whose first inputs are the variables.
+
+    Nothing is computed: the jaxpr is traced from shapes, with every collection
+    mutable and keyword flags static. Each equation keeps its module's name stack
+    (``Root/block/conv``), which :mod:`dpiat_jax.deepening` reads.
+
+    Args:
+      module: a linen module.
+      variables: its variables (arrays or ``jax.ShapeDtypeStruct``).
+      *args: its call arguments.
+      rngs: the RNG streams ``apply`` gets (default: ``dropout`` and ``params``).
+      **kwargs: its call keywords.
+
+    Returns:
+      ``(jaxpr, keys)``: the open jaxpr and the flattened variable keys of its first
+      ``len(keys)`` inputs, in order.
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> model, x = nn.Dense(2), jnp.zeros((1, 3))
+    >>> jaxpr, keys = apply_jaxpr(model, jax.eval_shape(model.init, jax.random.key(0), x), x)
+    >>> keys
+    [('params', 'bias'), ('params', 'kernel')]
+    """
+    flat = _flat_variables(variables)
+    if rngs is None:
+        rngs = {"dropout": jax.random.key(0), "params": jax.random.key(1)}
+    return _apply_jaxpr(module, flat, args, rngs, kwargs), list(flat)
+
+
 def _computed_roots(flow: DimensionFlow) -> dict[Node, bool]:
     """Set root -> whether the set holds a dimension of a computed value (not only
     copies of parameters)."""
@@ -80,24 +118,29 @@ def _read_graph(
 
     A parameter dimension is a channel dimension when it produces a space or when its
     set holds a dimension of a computed value; spaces are numbered in the order of
-    their first dimension.
+    their first dimension. A space is mixed when its set holds a mixed dimension.
     """
     has_value = _computed_roots(flow)
+    mixed_roots = {flow.find(node) for node in flow.mixed}
     ids: dict[Node, int] = {}
-    spaces, producers = {}, {}
+    spaces, producers, consumers = {}, {}, {}
+    mixed: set[int] = set()
     for idx, (key, v) in enumerate(zip(keys, params)):
-        axes, prod = [], []
+        axes, prod, cons = [], [], []
         for d in range(len(var_shape(v))):
             node = (0, v, d)
             is_prod = (idx, d) in flow.producer
             root = flow.find(node) if node in flow.parent else node
             if is_prod or has_value.get(root, False):
                 axes.append(ids.setdefault(root, len(ids)))
+                if root in mixed_roots:
+                    mixed.add(axes[-1])
             else:
                 axes.append(None)
             prod.append(is_prod)
-        spaces[key], producers[key] = tuple(axes), tuple(prod)
-    return ChannelGraph(spaces, producers, "jaxpr")
+            cons.append((idx, d) in flow.consumer)
+        spaces[key], producers[key], consumers[key] = tuple(axes), tuple(prod), tuple(cons)
+    return ChannelGraph(spaces, producers, "jaxpr", consumers, frozenset(mixed))
 
 
 def _equal_parts(pieces: set[tuple[int, int]], size: int) -> int | None:

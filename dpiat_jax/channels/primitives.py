@@ -10,8 +10,10 @@ output-feature dimension, ``reshape`` dimensions that survive unchanged, ``trans
 pads that keep a dimension whole, ``gather`` (``Embed``) and the bodies of ``jit``,
 ``custom_jvp/vjp``, ``remat``, ``scan``, ``while`` and ``cond``, each call site in a
 scope of its own), follows parameters through the ops that only copy or rearrange them,
-and marks the dimensions that produce a channel space. Any other primitive is opaque:
-its dimensions stay unrelated.
+marks the dimensions that produce a channel space and those a contraction consumes, and
+the dimensions of computed values whose channels are mixed (a reduction over them, a
+contraction of two computed values, a grouped convolution's input and output, a reshape
+that merges them). Any other primitive is opaque: its dimensions stay unrelated.
 """
 
 from __future__ import annotations
@@ -182,6 +184,11 @@ def _dot_general(flow: DimensionFlow, eqn: Any, s: int) -> None:
         flow.union(s, rhs, j, s, out, len(lb) + len(lfree) + k)
     flow.mark_producer(s, lhs, lfree)
     flow.mark_producer(s, rhs, rfree)
+    flow.mark_consumer(s, lhs, lc)
+    flow.mark_consumer(s, rhs, rc)
+    if flow.alias_of(s, lhs) is None and flow.alias_of(s, rhs) is None:
+        flow.mark_mixed(s, lhs, lc)
+        flow.mark_mixed(s, rhs, rc)
 
 
 def _conv(flow: DimensionFlow, eqn: Any, s: int) -> None:
@@ -198,9 +205,14 @@ def _conv(flow: DimensionFlow, eqn: Any, s: int) -> None:
     flow.union(s, lhs, lhs_spec[0], s, out, out_spec[0])
     if groups == 1:
         flow.union(s, lhs, lhs_spec[1], s, rhs, rhs_spec[1])
-    elif var_shape(rhs)[rhs_spec[1]] == 1 and var_shape(lhs)[lhs_spec[1]] == groups:
-        if var_shape(out)[out_spec[1]] == groups:  # depthwise, one output per input
-            flow.union(s, lhs, lhs_spec[1], s, out, out_spec[1])
+        flow.mark_consumer(s, rhs, [rhs_spec[1]])
+        return
+    depthwise = var_shape(rhs)[rhs_spec[1]] == 1 and var_shape(lhs)[lhs_spec[1]] == groups
+    if depthwise and var_shape(out)[out_spec[1]] == groups:  # one output per input
+        flow.union(s, lhs, lhs_spec[1], s, out, out_spec[1])
+    else:  # grouped (or a channel multiplier): each output sums over a group of inputs
+        flow.mark_mixed(s, lhs, [lhs_spec[1]])
+        flow.mark_mixed(s, out, [out_spec[1]])
 
 
 def _broadcast_in_dim(flow: DimensionFlow, eqn: Any, s: int) -> None:
@@ -215,6 +227,7 @@ def _reshape(flow: DimensionFlow, eqn: Any, s: int) -> None:
     for i, j in dim_map.items():
         flow.union(s, ins[0], i, s, outs[0], j)
     flow.set_alias(s, outs[0], flow.alias_of(s, ins[0]), {j: i for i, j in dim_map.items()})
+    flow.mark_mixed(s, ins[0], [i for i in range(len(var_shape(ins[0]))) if i not in dim_map])
 
 
 def _squeeze(flow: DimensionFlow, eqn: Any, s: int) -> None:
@@ -240,6 +253,7 @@ def _reduction(flow: DimensionFlow, eqn: Any, s: int) -> None:
     kept = [i for i in range(len(var_shape(ins[0]))) if i not in axes]
     for j, i in enumerate(kept):
         flow.union(s, ins[0], i, s, outs[0], j)
+    flow.mark_mixed(s, ins[0], sorted(axes))
 
 
 def _concatenate(flow: DimensionFlow, eqn: Any, s: int) -> None:

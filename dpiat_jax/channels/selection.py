@@ -31,19 +31,21 @@ SelectionKey = tuple[int, int, int]
 
 
 def needs_channels(rule: str | TensorRule | TensorFn) -> bool:
-    """Whether a tensor rule keeps channel subsets (and so needs a channel graph).
+    """Whether a tensor rule keeps channel subsets or widens channel spaces (and so
+    needs a channel graph).
 
     Args:
       rule: a :class:`~dpiat_jax.tensors.TensorRule`, a rule name or a function.
 
     Returns:
-      True for ``magnitude`` and ``uniform``; False for ``clip``, ``full`` and plain
-      functions.
+      True for ``magnitude``, ``uniform`` and ``net2net``; False for ``clip``, ``full``
+      and plain functions.
 
-    >>> needs_channels("magnitude"), needs_channels("clip")
-    (True, False)
+    >>> needs_channels("magnitude"), needs_channels("net2net"), needs_channels("clip")
+    (True, True, False)
     """
-    return get_tensor_rule(rule).selects_channels
+    record = get_tensor_rule(rule)
+    return record.selects_channels or record.widens_channels
 
 
 def target_channels(
@@ -55,8 +57,8 @@ def target_channels(
 ) -> ChannelGraph | None:
     """Returns the target's jaxpr :class:`ChannelGraph` when ``rule`` needs one.
 
-    Nothing is traced for rules that do not keep channel subsets (``clip``, ``full``,
-    user functions).
+    Nothing is traced for rules that neither keep channel subsets nor widen channel
+    spaces (``clip``, ``full``, user functions).
 
     Args:
       rule: the transfer's tensor rule.
