@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpiat_jax.trace.adapter import is_hf_model, model_variables
+from dpiat_jax.trace.adapter import model_variables
+from dpiat_jax.trace.huggingface import is_hf_model
 from dpiat_jax.trace.inputs import Inputs, one_input, split_pair
 from dpiat_jax.types import ArrayTree, PRNGKey
 

@@ -10,9 +10,10 @@ follows the tensor rule on its own, and the parts are concatenated again
 
 Which tensors are fused comes from two places: the target's forward pass, where the
 projection's output is split into equal parts (``jnp.split``, equal slices; found by
-:func:`dpiat_jax.channels.fused_axes`), and the user's ``fused=`` option, a mapping from
-a layer-name pattern (``fnmatch``, e.g. ``"*/c_attn"``) to a part count, or to
-``(count, axis)`` when the axis is not the one the layer's bias runs along.
+:func:`dpiat_jax.channels.fused_axes`; after a reshape to ``(..., 3, heads, dim)`` or
+``(..., heads, 3 * dim)``, found by :func:`reshaped_parts`), and the user's ``fused=``
+option, a mapping from a layer-name pattern (``fnmatch``, e.g. ``"*/c_attn"``) to a part
+count, or to ``(count, axis)`` when the axis is not the one the layer's bias runs along.
 """
 
 from __future__ import annotations
@@ -23,10 +24,18 @@ import re
 from collections.abc import Mapping, Sequence
 
 from dpiat_jax.layers import Layer
+from dpiat_jax.trace.factors import Atom, FactorFlow
 from dpiat_jax.types import Shape
 from dpiat_jax.variables import TensorKey, TensorMove
 
-__all__ = ["FusedRule", "parse_fused", "declared_parts", "fused_axis", "with_parts"]
+__all__ = [
+    "FusedRule",
+    "parse_fused",
+    "declared_parts",
+    "fused_axis",
+    "reshaped_parts",
+    "with_parts",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +154,73 @@ def declared_parts(
     return None
 
 
+def _equal_parts(pieces: frozenset[tuple[int, int]], size: int) -> int | None:
+    """The part width when ``pieces`` tile ``[0, size)`` in 2 or more equal parts."""
+    ordered = sorted(pieces)
+    width = ordered[0][1] - ordered[0][0]
+    tiles = [(i * width, (i + 1) * width) for i in range(size // width)] if width else []
+    return width if len(tiles) >= 2 and ordered == tiles else None
+
+
+def _cut_parts(flow: FactorFlow, atom: Atom, width: int) -> int | None:
+    """The number of equal contiguous chunks a cut of ``atom`` into ``width`` pieces
+    makes of its parameter axis: the cut factor must be the axis's major factor (a
+    ``(3, heads, dim)`` layout) or its minor-most one (``(heads, 3 * dim)``: then the
+    chunks are every head's parts in turn); None for a factor in between."""
+    p, d, stride, size, base = atom
+    n = flow.shapes[p][d]
+    if base == 0 and stride * size == n:
+        return n // (width * stride)
+    if stride == 1 and base % width == 0 and n % width == 0:
+        return n // width
+    return None
+
+
+def reshaped_parts(flow: FactorFlow) -> dict[TensorKey, tuple[int, int]]:
+    """Finds fused parameter axes: axes whose parts the forward pass cuts apart.
+
+    A projection's output split as it is (``jnp.split``, equal slices: what
+    :func:`dpiat_jax.channels.fused_axes` finds too) is cut on its whole axis; one
+    reshaped first (``(..., 3, heads, dim)`` then indexed, or ``(..., heads, 3 * dim)``
+    then split on the last axis) is cut on a *factor* of its axis. Each layout is equal
+    contiguous chunks of the parameter axis: 3 for the first two, ``3 * heads`` for the
+    last (each head's q, k and v in turn).
+
+    Args:
+      flow: the model's :class:`~dpiat_jax.trace.factors.FactorFlow`.
+
+    Returns:
+      Tensor key -> ``(axis, parts)``, for the cut tensor and every tensor lined up
+      with its whole axis (its bias).
+
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from dpiat_jax.trace.factors import factor_flow
+    >>> class QKV(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         qkv = nn.Dense(24, name="qkv")(x).reshape(x.shape[:-1] + (3, 2, 4))
+    ...         return qkv[..., 0, :, :] * qkv[..., 1, :, :] + qkv[..., 2, :, :]
+    >>> x = jnp.zeros((1, 5, 4))
+    >>> flow = factor_flow(QKV(), jax.eval_shape(QKV().init, jax.random.key(0), x), x)
+    >>> reshaped_parts(flow)
+    {('params', 'qkv', 'kernel'): (1, 3), ('params', 'qkv', 'bias'): (0, 3)}
+    """
+    out: dict[TensorKey, tuple[int, int]] = {}
+    for atom, pieces in flow.cuts.items():
+        width = _equal_parts(pieces, atom[3])
+        parts = None if width is None else _cut_parts(flow, atom, width)
+        if parts is None or parts < 2:
+            continue
+        p, d = atom[:2]
+        n = flow.shapes[p][d]
+        for q, e, _, m, _ in flow.members((p, d, 1, n, 0)):
+            if q >= 0 and m == n and flow.is_whole((q, e, 1, m, 0)):
+                out.setdefault(flow.keys[q], (e, parts))
+    return out
+
+
 def _step_axis(
     found: tuple[int, int] | None, index: tuple[int, int] | None
 ) -> tuple[int, int] | None:
@@ -157,18 +233,38 @@ def _step_axis(
     return (axis - 1 if axis > index[0] else axis), parts
 
 
+def _agreed(
+    move: TensorMove,
+    dst: Mapping[TensorKey, tuple[int, int]],
+    src: Mapping[TensorKey, tuple[int, int]] | None,
+) -> tuple[int, int] | None:
+    """The target's ``(axis, parts)`` of a move's tensor (as one step's axis), when the
+    source's agrees or is unknown."""
+    found = _step_axis(dst.get(move.dst), move.dst_index)
+    if found is not None and src is not None:
+        if _step_axis(src.get(move.src), move.src_index) != found:
+            return None
+    return found
+
+
 def with_parts(
     moves: Sequence[TensorMove],
     dst_layers: Mapping[str, Layer],
     rules: Sequence[FusedRule],
     detected: Mapping[TensorKey, tuple[int, int]],
     src_detected: Mapping[TensorKey, tuple[int, int]] | None = None,
+    head_chunks: Mapping[TensorKey, tuple[int, int]] | None = None,
+    src_head_chunks: Mapping[TensorKey, tuple[int, int]] | None = None,
 ) -> tuple[TensorMove, ...]:
     """Marks the moves of fused target tensors with their ``(axis, parts)``.
 
     A tensor is fused when the target's forward pass splits it (``detected``) or the
     ``fused=`` option names its layer (``rules``); it is moved part by part when the
-    source's tensor divides into as many parts along that axis.
+    source's tensor divides into as many parts along that axis. An axis that holds
+    heads and the head dimension in one (``head_chunks``,
+    :func:`dpiat_jax.heads.head_parts`) is moved head chunk by head chunk instead when
+    both sides have as many chunks (whole heads kept, the head dimension cropped inside
+    each).
 
     Args:
       moves: the planned moves.
@@ -178,6 +274,9 @@ def with_parts(
       src_detected: the same for the source, or None when unknown: a split found in
         the target moves part by part only when the source's tensor is split alike
         (a plain or differently fused source tensor moves as one tensor).
+      head_chunks: target tensor key -> ``(axis, chunks)`` of heads in one axis (None:
+        none); src_head_chunks: the same for the source (None: trusted as for
+        ``src_detected``).
 
     Returns:
       The moves, fused ones with :attr:`~dpiat_jax.variables.TensorMove.parts` set.
@@ -193,10 +292,9 @@ def with_parts(
     out = []
     for move in moves:
         layer = dst_layers.get(move.dst_layer)
-        found = _step_axis(detected.get(move.dst), move.dst_index)
-        if found is not None and src_detected is not None:
-            if _step_axis(src_detected.get(move.src), move.src_index) != found:
-                found = None
+        found = _agreed(move, head_chunks or {}, src_head_chunks)
+        if found is None:
+            found = _agreed(move, detected, src_detected)
         if found is None and layer is not None and rules:
             found = declared_parts(layer, move.dst_shape, rules)
         if found is not None:

@@ -33,16 +33,16 @@ from flax import traverse_util
 
 from dpiat_jax.arguments import as_key, as_variables, split_inputs, split_kwargs
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
-from dpiat_jax.channels import ChannelGraph, call_order_channels, fused_axes, target_channels
+from dpiat_jax.channels import ChannelGraph, call_order_channels, target_channels
 from dpiat_jax.coverage import warn_low_coverage
 from dpiat_jax.deepening import Deepening, IdentityBlock, plan_deepening, zero_tensors
-from dpiat_jax.fused import with_parts
 from dpiat_jax.matchers import Matcher, align
 from dpiat_jax.matching import LayerPair, MatchReport, build_report, layer_pairs
 from dpiat_jax.nonfinite import enforce, finite_flags
 from dpiat_jax.options import Options
 from dpiat_jax.placement import check_shardings, constrain, shardings_key
 from dpiat_jax.similarity import alignment_similarity
+from dpiat_jax.structure import structured_moves
 from dpiat_jax.tensors import TENSOR_RULES, TensorFn, TensorRule, get_tensor_rule
 from dpiat_jax.trace.adapter import Model, Traced, adapt, trace_target
 from dpiat_jax.trace.inputs import Inputs, abstract_tree
@@ -650,35 +650,6 @@ def _deepening(
     )
 
 
-def _detected_fused(dst: Traced, model: Model) -> dict[TensorKey, tuple[int, int]]:
-    """The target's fused tensors as its forward pass splits them (linen targets; an
-    empty dict when the pass cannot be traced)."""
-    if model.linen_module is None:
-        return {}
-    key = (model.linen_module, abstract_tree(dst.sample_input), tuple(sorted(dst.kwargs.items())))
-    try:
-        hash(key)
-    except TypeError:  # an unhashable module or keyword value: no cache
-        return fused_axes(model.linen_module, dst.variables, dst.sample_input, dst.kwargs)
-    return dict(_cached_fused(key, dst.variables))
-
-
-def _cached_fused(key: tuple, variables: Variables) -> tuple:
-    """:func:`fused_axes` of a target, cached by its definition, input and keywords
-    (the detection traces the forward pass: about a second for a scanned model)."""
-    cached = _FUSED_CACHE.get(key)
-    if cached is None:
-        module, sample_input, kwargs = key
-        found = fused_axes(module, variables, sample_input, dict(kwargs))
-        cached = _FUSED_CACHE[key] = tuple(found.items())
-        while len(_FUSED_CACHE) > 64:
-            _FUSED_CACHE.pop(next(iter(_FUSED_CACHE)))
-    return cached
-
-
-_FUSED_CACHE: dict[tuple, tuple] = {}
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class _ByIdentity:
     """An unhashable object as a cache key part: equal only to itself (the key keeps it
@@ -737,14 +708,10 @@ def _fused_moves(
     src_model: Model | None,
     options: Options,
 ) -> tuple[TensorMove, ...]:
-    """The moves with the fused projections split into parts (:mod:`dpiat_jax.fused`)."""
-    detected = _detected_fused(dst, model)
-    src_detected = None if src_model is None else _detected_fused(src, src_model)
-    if src_detected is not None and src_model.linen_module is None:
-        src_detected = None  # an NNX source: no forward-pass analysis, trust the target
-    return with_parts(
-        moves, {p.dst.name: p.dst for p in pairs}, options.fused_rules, detected, src_detected
-    )
+    """The moves with fused projections split into parts and attention heads kept whole
+    (:mod:`dpiat_jax.structure`)."""
+    source = None if src_model is None else (src, src_model)
+    return structured_moves(moves, pairs, options.fused_rules, (dst, model), source)
 
 
 def plan_traced(

@@ -12,6 +12,7 @@ import pytest
 import dpiat_jax
 from dpiat_jax.channels import fused_axes
 from dpiat_jax.fused import parse_fused
+from dpiat_jax.structure import StructureWarning
 
 
 class Attention(nn.Module):
@@ -188,9 +189,11 @@ class Parts(nn.Module):
 
 
 def test_parts_move_separately_only_when_the_source_splits_alike():
-    three_into_two = dpiat_jax.plan(Parts(3), Parts(2, 12), sample_input=X)
+    with pytest.warns(StructureWarning, match="fused in 2 parts"):  # named in a warning
+        three_into_two = dpiat_jax.plan(Parts(3), Parts(2, 12), sample_input=X)
     assert three_into_two.report.fused == ()  # q|k|v into gate|up: moved as one tensor
-    plain_into_fused = dpiat_jax.plan(Opaque(8), Parts(3), sample_input=X)
+    with pytest.warns(StructureWarning, match="fused in 3 parts"):
+        plain_into_fused = dpiat_jax.plan(Opaque(8), Parts(3), sample_input=X)
     assert plain_into_fused.report.fused == ()
     alike = dpiat_jax.plan(Parts(3), Parts(3, 16), sample_input=X)
     assert ("params/p/kernel", 1, 3) in alike.report.fused
@@ -203,3 +206,78 @@ def test_fused_patterns_ignore_step_labels():
     assert rule.matches("layers[2]/qkv") and rule.matches("layers[*]/qkv")
     assert rule.matches("layers/qkv") and not rule.matches("layers[2]/out")
     assert FusedRule("layers[[]2]/qkv", 3).matches("layers[2]/qkv")  # fnmatch escape
+
+
+class ReshapedQKV(nn.Module):
+    """A fused QKV projection reshaped before it is cut: ``(..., 3, heads, dim)`` then
+    indexed (``layout="parts"``), or ``(..., heads, 3 * dim)`` then split
+    (``layout="heads"``, each head's q, k and v in turn)."""
+
+    heads: int
+    dim: int
+    layout: str = "parts"
+
+    @nn.compact
+    def __call__(self, x):
+        h, d = self.heads, self.dim
+        qkv = nn.Dense(3 * h * d, name="qkv")(x)
+        if self.layout == "parts":
+            qkv = qkv.reshape(x.shape[:-1] + (3, h, d))
+            q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+        else:
+            q, k, v = jnp.split(qkv.reshape(x.shape[:-1] + (h, 3 * d)), 3, axis=-1)
+        weights = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, k), axis=-1)
+        out = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(x.shape[:-1] + (h * d,))
+        return nn.Dense(x.shape[-1], name="out")(out)
+
+
+def _reshaped(model: nn.Module) -> dict:
+    from dpiat_jax.fused import reshaped_parts
+    from dpiat_jax.trace.factors import factor_flow
+
+    return reshaped_parts(factor_flow(model, jax.eval_shape(model.init, KEY, X), X))
+
+
+KEY = jax.random.key(0)
+
+
+@pytest.mark.parametrize("heads", [2, 4])  # the target's and the source's
+def test_reshape_before_the_cut_is_detected(heads):
+    parts = _reshaped(ReshapedQKV(heads, 4, "parts"))
+    assert parts[("params", "qkv", "kernel")] == (1, 3)
+    assert parts[("params", "qkv", "bias")] == (0, 3)
+    assert ("params", "out", "kernel") not in parts
+    interleaved = _reshaped(ReshapedQKV(heads, 4, "heads"))  # chunks: (head, part) in turn
+    assert interleaved[("params", "qkv", "kernel")] == (1, 3 * heads)
+    assert _reshaped(Opaque(4)) == {}
+
+
+@pytest.mark.parametrize("layout", ["parts", "heads"])
+def test_reshaped_parts_land_in_their_own_parts_and_heads(layout):
+    """head_dim 4 -> 8 at 2 heads: every (part, head) chunk lands whole, centred in its
+    own chunk, q in q, k in k, v in v."""
+    src, dst = ReshapedQKV(2, 4, layout), ReshapedQKV(2, 8, layout)
+    variables = src.init(KEY, X)
+    plan = dpiat_jax.plan(src, dst, sample_input=X)
+    assert ("params/qkv/kernel", 1, 6) in plan.report.fused
+    out = plan.apply(variables, jax.random.key(1))
+    kernel, grown = variables["params"]["qkv"]["kernel"], out["params"]["qkv"]["kernel"]
+    for chunk in range(6):
+        np.testing.assert_array_equal(
+            grown[:, 8 * chunk + 2 : 8 * chunk + 6], kernel[:, 4 * chunk : 4 * chunk + 4]
+        )
+
+
+def test_reshaped_parts_with_more_heads_keep_parts_apart():
+    """heads 2 -> 4 at head_dim 4 ((..., 3, heads, dim)): q, k and v move part by part,
+    and inside each part the two source heads land whole in the middle two heads."""
+    src, dst = ReshapedQKV(2, 4), ReshapedQKV(4, 4)
+    variables = src.init(KEY, X)
+    plan = dpiat_jax.plan(src, dst, sample_input=X)
+    assert ("params/qkv/kernel", 1, 3) in plan.report.fused
+    out = plan.apply(variables, jax.random.key(1))
+    kernel, grown = variables["params"]["qkv"]["kernel"], out["params"]["qkv"]["kernel"]
+    for part in range(3):
+        np.testing.assert_array_equal(
+            grown[:, 16 * part + 4 : 16 * part + 12], kernel[:, 8 * part : 8 * part + 8]
+        )

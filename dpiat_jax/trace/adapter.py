@@ -35,7 +35,6 @@ target's shapes depend on which input was inferred.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +46,15 @@ import jax.numpy as jnp
 from dpiat_jax.layers import ModuleNode
 from dpiat_jax.trace import inputs
 from dpiat_jax.trace import nnx as nnx_trace
+from dpiat_jax.trace.huggingface import (
+    has_attribute,
+    hf_call_kwargs,
+    hf_sample_input,
+    hf_variables,
+    is_hf_model,
+)
 from dpiat_jax.trace.inference import InferredInput, check_choice, find_fitting_input
-from dpiat_jax.trace.inputs import CallSpec, Inputs, positional
+from dpiat_jax.trace.inputs import CallSpec, positional
 from dpiat_jax.trace.linen import trace
 from dpiat_jax.trace.sown import drop_sown, split_sown
 from dpiat_jax.types import ArrayTree, PRNGKey, Variables
@@ -270,182 +276,8 @@ class NnxModel:
 
 
 # ----------------------------------------------------------------------------------
-# What users hold: Hugging Face Flax model objects and TrainStates.
-
-#: Token inputs of Hugging Face text models, built with the token ids' shape.
-_TOKEN_INPUTS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "position_ids",
-    "decoder_input_ids",
-    "decoder_attention_mask",
-    "decoder_position_ids",
-)
-#: The default sequence length of a Hugging Face text model's input (at most).
-_TEXT_LENGTH = 16
-#: Inference-mode keywords a Hugging Face module's ``__call__`` takes, and their values.
-_INFERENCE_FLAGS = (("deterministic", True), ("train", False))
-
-
-def _has_attribute(obj: Any, name: str) -> bool:
-    """Whether ``obj`` has ``name``, without running a property (a Hugging Face model
-    built with ``_do_init=False`` raises ValueError on reading ``params``)."""
-    try:
-        inspect.getattr_static(obj, name)
-    except AttributeError:
-        return False
-    return True
-
-
-def is_hf_model(obj: Any) -> bool:
-    """Whether ``obj`` is a Hugging Face Flax model object (duck-typed).
-
-    A ``transformers.FlaxPreTrainedModel`` has a linen ``module``, its ``params`` and a
-    ``config``; transformers itself is never imported.
-
-    Args:
-      obj: anything a user passes as a model or as variables.
-
-    Returns:
-      True when ``obj`` has ``module`` (a linen module), ``params`` and ``config``.
-
-    >>> from types import SimpleNamespace
-    >>> is_hf_model(SimpleNamespace(module=nn.Dense(2), params={}, config=None))
-    True
-    >>> is_hf_model(nn.Dense(2))
-    False
-    """
-    if isinstance(obj, (nn.Module, Mapping, type)):
-        return False
-    names = ("module", "params", "config")
-    return all(_has_attribute(obj, n) for n in names) and isinstance(obj.module, nn.Module)
-
-
-def hf_variables(model: Any) -> Variables | None:
-    """Returns a Hugging Face model's parameters as a variables dict.
-
-    Hugging Face keeps a model's ``params`` as the params collection, or as the whole
-    variables dict for models with batch statistics (ResNet: ``{"params": ...,
-    "batch_stats": ...}``); both become ``{"params": ..., ...}``.
-
-    Args:
-      model: a Hugging Face Flax model object (:func:`is_hf_model`).
-
-    Returns:
-      A plain variables dict, or None for a model built without parameters
-      (``_do_init=False``).
-
-    >>> from types import SimpleNamespace
-    >>> hf_variables(SimpleNamespace(params={"dense": {"bias": 0}}))
-    {'params': {'dense': {'bias': 0}}}
-    """
-    try:
-        params = model.params
-    except ValueError:  # built with _do_init=False: it holds no parameters
-        return None
-    if params is None:
-        return None
-    plain = flax.core.unfreeze(params)
-    if "params" in plain and isinstance(plain["params"], Mapping):
-        return plain
-    return {"params": plain}
-
-
-def _required_positional(module: nn.Module) -> list[str]:
-    """The names of the positional parameters ``module.__call__`` requires."""
-    params = list(inspect.signature(type(module).__call__).parameters.values())[1:]
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return [p.name for p in params if p.kind in kinds and p.default is p.empty]
-
-
-def _config_value(config: Any, name: str) -> Any:
-    try:
-        return getattr(config, name, None)
-    except Exception:  # noqa: BLE001 - a config that refuses an unknown attribute
-        return None
-
-
-def _text_length(config: Any) -> int:
-    longest = _config_value(config, "max_position_embeddings")
-    return min(int(longest), _TEXT_LENGTH) if longest else _TEXT_LENGTH
-
-
-def _pixel_shape(model: Any) -> tuple[int, ...] | None:
-    """The pixel input shape ``init_weights`` uses (its ``input_shape`` when 4-D, else
-    ``(1, image_size, image_size, num_channels)`` from the config)."""
-    shape = getattr(model, "input_shape", None)
-    if isinstance(shape, tuple) and len(shape) == 4 and all(isinstance(n, int) for n in shape):
-        return shape
-    size = _config_value(model.config, "image_size")
-    channels = _config_value(model.config, "num_channels") or 3
-    return None if not isinstance(size, int) else (1, size, size, channels)
-
-
-def _default_input(model: Any, name: str, tokens: tuple[int, ...], argname: str) -> Any:
-    """One positional input of a Hugging Face module, abstract."""
-    if name in _TOKEN_INPUTS:
-        return jax.ShapeDtypeStruct(tokens, jnp.int32)
-    shape = _pixel_shape(model) if name == "pixel_values" else None
-    if shape is None:
-        raise ValueError(
-            f"`{argname}` ({type(model).__name__}): no default input for its module's "
-            f"`{name}` argument; pass sample_input= (dpiat_jax.Inputs(...) for several "
-            "positional inputs)."
-        )
-    return jax.ShapeDtypeStruct(shape, jnp.float32)
-
-
-def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayTree:
-    """Returns the input a Hugging Face model is traced with.
-
-    Without ``given``, every positional input its module's ``__call__`` requires is
-    built from the config as its ``init_weights`` builds them: token inputs
-    (``input_ids``, ``attention_mask``, ``position_ids``...) int32 of shape ``(1,
-    min(max_position_embeddings, 16))``, ``pixel_values`` float32 of the model's
-    ``input_shape`` (NHWC, ``(1, image_size, image_size, num_channels)``). A single
-    array given for a module that requires several inputs is its first one, and the
-    others are built alike (token inputs of its shape). An ``Inputs`` record is kept.
-
-    Args:
-      model: a Hugging Face Flax model object.
-      given: the user's input for it, or None.
-      argname: the user's argument, for the error message.
-
-    Returns:
-      One abstract input, or an :class:`~dpiat_jax.trace.inputs.Inputs` record.
-
-    Raises:
-      ValueError: a required input that cannot be built from the config.
-
-    >>> from types import SimpleNamespace
-    >>> class Net(nn.Module):
-    ...     def __call__(self, input_ids, attention_mask, deterministic=True):
-    ...         return input_ids
-    >>> config = SimpleNamespace(max_position_embeddings=512)
-    >>> hf_sample_input(SimpleNamespace(module=Net(), config=config), None, "dst_def")
-    Inputs(shape (1, 16) dtype int32, shape (1, 16) dtype int32)
-    """
-    names = _required_positional(model.module)
-    if isinstance(given, Inputs) or (given is not None and len(names) <= 1):
-        return given
-    if given is not None:
-        tokens = tuple(given.shape)
-        rest = [_default_input(model, n, tokens, argname) for n in names[1:]]
-        return Inputs(inputs.abstract_tree(given), *rest)
-    tokens = (1, _text_length(model.config))
-    built = [_default_input(model, n, tokens, argname) for n in names]
-    return built[0] if len(built) == 1 else Inputs(*built)
-
-
-def _hf_call_kwargs(module: nn.Module, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The user's keywords plus the inference-mode flags ``__call__`` takes."""
-    out = dict(kwargs or {})
-    names = inspect.signature(type(module).__call__).parameters
-    for flag, value in _INFERENCE_FLAGS:
-        if flag in names and flag not in out:
-            out[flag] = value
-    return out
+# What users hold: Hugging Face Flax model objects (:mod:`dpiat_jax.trace.huggingface`)
+# and TrainStates.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +311,7 @@ class HfModel:
         module = self.model.module
         x = hf_sample_input(self.model, sample_input, argname)
         variables = self.own_variables() if variables is None else variables
-        kwargs = _hf_call_kwargs(module, kwargs)
+        kwargs = hf_call_kwargs(module, kwargs)
         return LinenModel(module).trace(variables, x, kwargs, argname)
 
     def init(self, rng: PRNGKey, sample_input: ArrayTree, kwargs: Mapping[str, Any]) -> dict:
@@ -513,7 +345,7 @@ def train_state_module(obj: Any) -> nn.Module | None:
     >>> train_state_module(state).features
     2
     """
-    if isinstance(obj, (nn.Module, Mapping, type)) or not _has_attribute(obj, "params"):
+    if isinstance(obj, (nn.Module, Mapping, type)) or not has_attribute(obj, "params"):
         return None
     module = getattr(getattr(obj, "apply_fn", None), "__self__", None)
     return module if isinstance(module, nn.Module) else None
@@ -567,7 +399,7 @@ def adapt(obj: Any, argname: str) -> Model:
     module = train_state_module(obj)
     if module is not None:
         return LinenModel(module)
-    if not isinstance(obj, (nn.Module, Mapping, type)) and _has_attribute(obj, "params"):
+    if not isinstance(obj, (nn.Module, Mapping, type)) and has_attribute(obj, "params"):
         raise TypeError(
             f"`{argname}` is a {type(obj).__name__} (a train state) whose apply_fn is not "
             "a linen module's apply: pass the module itself as the definition."

@@ -2,8 +2,7 @@
 
 The model reproduces Gemma's patterns: ``__getattr__`` on the root, an ``nn.jit``-wrapped
 ``__call__``, a tied embedding table, einsum kernels with a heads axis, a separate fused
-KV projection with grouped-query attention, a fused gate/up MLP kernel. Behaviour the
-library does not have yet is tested as it should be, marked ``xfail(strict=True)``.
+KV projection with grouped-query attention, a fused gate/up MLP kernel.
 """
 
 from __future__ import annotations
@@ -202,7 +201,6 @@ def test_more_heads_keep_whole_source_heads():
     runs(dst_cfg, variables)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: grouped KV heads mapped to their groups")
 def test_grouped_kv_heads_follow_their_query_groups():
     """kv_heads 2 -> 4 (heads 4): target query head t reads kv head t; it must hold the
     kv head that served the same source query head (t // 2)."""
@@ -215,7 +213,6 @@ def test_grouped_kv_heads_follow_their_query_groups():
     assert kv == [q[t] // group for t in range(dst_cfg.heads)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: head-aware kernels with grouped KV")
 def test_fewer_heads_keep_query_heads_of_the_kept_kv_group():
     """Heads 4 -> 2 and kv_heads 2 -> 1: the kept query heads share one source kv group,
     and the target's kv head is that group's."""

@@ -1,0 +1,371 @@
+"""Attention heads: which target head takes which source head, grouped-query attention included.
+
+The clip rule crops every axis on its own. On a separate heads axis (``DenseGeneral``,
+an einsum kernel ``(heads, d, head_dim)``) that keeps or drops whole heads, and q, k, v
+and the output projection keep the same ones. Grouped-query attention breaks this:
+query head ``t`` reads kv head ``t // (heads / kv_heads)``, so the kv head a target
+group gets must be the one that served the source query heads the group's query heads
+came from, and that is not what cropping the kv axis on its own gives (kv heads
+2 -> 4 at 4 query heads must repeat each source kv head twice).
+
+The head structure is read from the forward pass, not from names
+(:func:`head_axes`, over :mod:`dpiat_jax.trace.factors`): the attention product lines
+up the query heads with the key heads as batch dimensions of a ``dot_general``; when a
+whole kv axis of size ``K`` lines up with the major factor of a query axis of size
+``H`` (the queries reshaped to ``(K, H / K)``, or the keys repeated ``H / K`` times),
+the attention is grouped. Every parameter axis in the heads' class is a head axis: the
+query-side ones (query, output projection) hold ``H`` heads, the kv-side ones ``K``.
+
+:func:`head_maps` decides the mapping from the four counts: the query heads map as the
+clip rule maps an axis (centre crop or centre placement); when that would put query
+heads of two source kv groups in one target group, whole groups are kept instead (kv
+groups and heads within a group each cropped as an axis). Each target kv head then
+takes the source kv head its group's query heads read. :func:`with_heads`
+turns a move whose head axis must not follow the plain crop into one move per target
+head (:attr:`~dpiat_jax.variables.TensorMove.src_index` / ``dst_index``), written back
+into the head axis by :func:`dpiat_jax.variables.apply_moves`.
+
+Limits: only separate head axes get the grouped mapping (heads fused into one axis
+with the head dimension move as whole heads only when the head count stays, via
+:func:`head_parts`); a stacked (scanned) tensor keeps the plain crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from dpiat_jax.trace.factors import Atom, FactorFlow
+from dpiat_jax.variables import TensorKey, TensorMove
+
+__all__ = ["HeadAxis", "head_axes", "head_parts", "clip_map", "head_maps", "with_heads"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadAxis:
+    """A parameter axis that holds attention heads.
+
+    Attributes:
+      axis: the tensor's head axis.
+      heads: the attention's query heads; kv_heads: its key/value heads (equal for
+        plain multi-head attention).
+      kv: True for a key/value-side axis (``kv_heads`` long), False for a query-side
+        one (``heads`` long), None when the attention is not grouped (both sides alike).
+      attention: which attention of the model the axis belongs to (its query and kv
+        axes share the number).
+
+    >>> HeadAxis(1, 4, 2, True).size
+    2
+    """
+
+    axis: int
+    heads: int
+    kv_heads: int
+    kv: bool | None
+    attention: int = 0
+
+    @property
+    def size(self) -> int:
+        """The axis's length."""
+        return self.kv_heads if self.kv else self.heads
+
+
+def _head_classes(flow: FactorFlow) -> dict[Atom, list[Atom]]:
+    """Root -> the parameter atoms of every class lined up as attention heads."""
+    roots = dict.fromkeys(flow.root(a) for a in sorted(flow.batch))
+    return {r: [a for a in flow.members(r) if a[0] >= 0] for r in roots}
+
+
+def _grouped(
+    flow: FactorFlow, atoms: Sequence[Atom], attention: int = 0
+) -> dict[tuple[int, int], HeadAxis]:
+    """The head axes of one class: grouped when a whole kv axis lines up with the major
+    factor of a query axis, else plain multi-head."""
+    whole = [a for a in atoms if flow.is_whole(a)]
+    major = [a for a in atoms if flow.is_major(a)]
+    sizes = {a[3] for a in whole}
+    if len(sizes) != 1:
+        return {}
+    (kv_heads,) = sizes
+    if not major:
+        return {(p, d): HeadAxis(d, n, n, None, attention) for p, d, _, n, _ in whole}
+    heads = {flow.shapes[p][d] for p, d, _, _, _ in major}
+    if len(heads) != 1 or any(a[3] != kv_heads for a in major):
+        return {}
+    (h,) = heads
+    out = {(p, d): HeadAxis(d, h, kv_heads, True, attention) for p, d, _, _, _ in whole}
+    out.update({(p, d): HeadAxis(d, h, kv_heads, False, attention) for p, d, *_ in major})
+    return out
+
+
+def head_axes(flow: FactorFlow) -> dict[TensorKey, HeadAxis]:
+    """Finds the separate head axes of a model's parameters from its forward pass.
+
+    Args:
+      flow: the model's :class:`~dpiat_jax.trace.factors.FactorFlow`.
+
+    Returns:
+      Tensor key -> its :class:`HeadAxis` (one per tensor; tensors whose heads share an
+      axis with the head dimension are not listed).
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from dpiat_jax.trace.factors import factor_flow
+    >>> class GQA(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         q = nn.DenseGeneral((4, 2), name="q")(x).reshape(1, 3, 2, 2, 2)
+    ...         k = nn.DenseGeneral((2, 2), name="k")(x)
+    ...         return jnp.einsum("btkgh,bskh->btkgs", q, k)
+    >>> x = jnp.zeros((1, 3, 8))
+    >>> model = GQA()
+    >>> flow = factor_flow(model, jax.eval_shape(model.init, jax.random.key(0), x), x)
+    >>> head_axes(flow)[("params", "k", "kernel")]
+    HeadAxis(axis=1, heads=4, kv_heads=2, kv=True, attention=0)
+    """
+    found: dict[TensorKey, HeadAxis] = {}
+    for attention, atoms in enumerate(_head_classes(flow).values()):
+        for (p, _), axis in _grouped(flow, atoms, attention).items():
+            found.setdefault(flow.keys[p], axis)
+    return found
+
+
+def _head_dims(flow: FactorFlow) -> dict[tuple[int, int], int]:
+    """Parameter axis -> its smallest stride-1 factor that the program lines up on its
+    own (the head dimension of an axis that holds heads and head dimensions in one)."""
+    out: dict[tuple[int, int], int] = {}
+    for p, d, s, n, b in flow.classes:
+        size = flow.shapes[p][d] if p >= 0 else 0
+        if p >= 0 and s == 1 and b == 0 and 1 < n < size and size % n == 0:
+            out[(p, d)] = min(n, out.get((p, d), n))
+    return out
+
+
+def head_parts(flow: FactorFlow) -> dict[TensorKey, tuple[int, int]]:
+    """Finds the parameter axes that hold heads and the head dimension in one axis.
+
+    A ``Dense(heads * head_dim)`` whose output is reshaped to ``(heads, head_dim)`` (or
+    a fused ``(3, heads, head_dim)`` / ``(heads, 3 * head_dim)``) is ``n / head_dim``
+    equal chunks of one head's values each; moved chunk by chunk
+    (:attr:`~dpiat_jax.variables.TensorMove.parts`), whole heads stay whole and the head
+    dimension is cropped inside each head.
+
+    Args:
+      flow: the model's :class:`~dpiat_jax.trace.factors.FactorFlow`.
+
+    Returns:
+      Tensor key -> ``(axis, chunks)``, the tensor's bias (or any tensor lined up with
+      the whole axis) included.
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from dpiat_jax.trace.factors import factor_flow
+    >>> class MHA(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         q = nn.Dense(8, name="q")(x).reshape(1, 3, 4, 2)
+    ...         k = nn.Dense(8, name="k")(x).reshape(1, 3, 4, 2)
+    ...         return jnp.einsum("bthd,bshd->bhts", q, k)
+    >>> x = jnp.zeros((1, 3, 8))
+    >>> model = MHA()
+    >>> flow = factor_flow(model, jax.eval_shape(model.init, jax.random.key(0), x), x)
+    >>> head_parts(flow)[("params", "q", "bias")]
+    (0, 4)
+    """
+    grouped = {
+        (p, d)
+        for atoms in _head_classes(flow).values()
+        for (p, d), axis in _grouped(flow, atoms).items()
+        if axis.kv is not None
+    }
+    head_dims = _head_dims(flow)
+    out: dict[TensorKey, tuple[int, int]] = {}
+    for atoms in _head_classes(flow).values():
+        for p, d, s, _, _ in atoms:
+            chunk = head_dims.get((p, d)) if s > 1 and (p, d) not in grouped else None
+            if chunk is None or s % chunk:
+                continue
+            n = flow.shapes[p][d]
+            for q, e, _, m, _ in flow.members((p, d, 1, n, 0)):
+                if q >= 0 and flow.is_whole((q, e, 1, m, 0)) and m == n:
+                    out.setdefault(flow.keys[q], (e, n // chunk))
+    return out
+
+
+def clip_map(a: int, b: int) -> tuple[int | None, ...]:
+    """Returns, per target index, the source index the clip rule puts there.
+
+    Args:
+      a: the source size; b: the target size.
+
+    Returns:
+      ``b`` entries: the centre crop or centre placement of :func:`dpiat_jax.tensors.centre_slices`
+      (None where the target keeps its fresh values).
+
+    >>> clip_map(4, 2), clip_map(2, 4)
+    ((1, 2), (None, 0, 1, None))
+    """
+    if a >= b:
+        start = (a - b) // 2
+        return tuple(range(start, start + b))
+    start = (b - a) // 2
+    return tuple(t - start if start <= t < start + a else None for t in range(b))
+
+
+def _consistent(query: Sequence[int | None], group_src: int, group_dst: int) -> bool:
+    """Whether every target group's query heads come from one source kv group."""
+    for j in range(len(query) // group_dst):
+        kv = {s // group_src for s in query[j * group_dst : (j + 1) * group_dst] if s is not None}
+        if len(kv) > 1:
+            return False
+    return True
+
+
+def head_maps(
+    src: tuple[int, int], dst: tuple[int, int]
+) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
+    """Maps target heads to source heads for a (grouped-query) attention.
+
+    Args:
+      src: the source's ``(heads, kv_heads)``; dst: the target's.
+
+    Returns:
+      ``(query map, kv map)``: per target query head the source query head it takes,
+      and per target kv head the source kv head (None: fresh). The query map is the
+      clip rule's unless that would mix source kv groups in one target group; then kv
+      groups and heads within a group are cropped as two axes. A target kv head takes
+      the source kv head its group's mapped query heads read (one for all of them, by
+      construction), and stays fresh when none of them is mapped.
+
+    >>> head_maps((4, 2), (4, 4))  # kv heads 2 -> 4: each source kv head serves two
+    ((0, 1, 2, 3), (0, 0, 1, 1))
+    >>> head_maps((4, 2), (2, 1))  # fewer heads: the kept query heads share one group
+    ((0, 1), (0,))
+    """
+    (h_src, k_src), (h_dst, k_dst) = src, dst
+    g_src, g_dst = h_src // k_src, h_dst // k_dst
+    query = clip_map(h_src, h_dst)
+    if not _consistent(query, g_src, g_dst):
+        kv_of, member_of = clip_map(k_src, k_dst), clip_map(g_src, g_dst)
+        query = tuple(
+            None
+            if kv_of[t // g_dst] is None or member_of[t % g_dst] is None
+            else kv_of[t // g_dst] * g_src + member_of[t % g_dst]
+            for t in range(h_dst)
+        )
+    kv = []
+    for j in range(k_dst):
+        read = [s // g_src for s in query[j * g_dst : (j + 1) * g_dst] if s is not None]
+        kv.append(read[0] if read else None)  # one group's heads all read one kv head
+    return query, tuple(kv)
+
+
+def _drop_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def _per_head(move: TensorMove, axis: int, index: Sequence[int | None]) -> list[TensorMove]:
+    """One move per mapped target head, reading and writing one index of ``axis``."""
+    prefix = tuple(a - (a > axis) for a in move.prefix_axes if a != axis)
+    parts = move.parts
+    if parts is not None:
+        parts = (parts[0] - (parts[0] > axis), parts[1])
+    return [
+        dataclasses.replace(
+            move,
+            src_shape=_drop_axis(move.src_shape, axis),
+            dst_shape=_drop_axis(move.dst_shape, axis),
+            moved_shape=_drop_axis(move.moved_shape, axis),
+            prefix_axes=prefix,
+            parts=parts,
+            src_index=(axis, s),
+            dst_index=(axis, t),
+        )
+        for t, s in enumerate(index)
+        if s is not None
+    ]
+
+
+def _role(
+    move: TensorMove, dst: HeadAxis | None, src: HeadAxis | None
+) -> tuple[tuple[str, int], int, bool] | None:
+    """``(attention, axis, kv)`` of a move's tensor: from the side whose attention is
+    grouped (the other side may be plain multi-head, or its kv axis of size 1 unseen);
+    None for a tensor of no grouped attention, or one this rewrite leaves alone."""
+    if move.src_index is not None or move.dst_index is not None or move.positional:
+        return None
+    side, name = (src, "src") if src is not None and src.kv is not None else (dst, "dst")
+    if side is None or side.kv is None:
+        return None
+    if move.parts is not None and move.parts[0] == side.axis:
+        return None
+    if len(move.src_shape) != len(move.dst_shape) or side.axis >= len(move.dst_shape):
+        return None
+    return (name, side.attention), side.axis, side.kv
+
+
+def _counts(moves: Sequence[TensorMove], members: Sequence[tuple[int, int, bool]]):
+    """``((src heads, src kv heads), (dst heads, dst kv heads))`` of one attention, read
+    from its moves' shapes; None when they disagree or a side is missing."""
+    sizes: dict[tuple[str, bool], set[int]] = {}
+    for i, axis, kv in members:
+        sizes.setdefault(("src", kv), set()).add(moves[i].src_shape[axis])
+        sizes.setdefault(("dst", kv), set()).add(moves[i].dst_shape[axis])
+    if len(sizes) != 4 or any(len(v) != 1 for v in sizes.values()):
+        return None
+    (h_src,), (k_src,) = sizes[("src", False)], sizes[("src", True)]
+    (h_dst,), (k_dst,) = sizes[("dst", False)], sizes[("dst", True)]
+    if h_src % k_src or h_dst % k_dst:
+        return None
+    return (h_src, k_src), (h_dst, k_dst)
+
+
+def with_heads(
+    moves: Sequence[TensorMove],
+    dst_heads: Mapping[TensorKey, HeadAxis],
+    src_heads: Mapping[TensorKey, HeadAxis],
+) -> tuple[TensorMove, ...]:
+    """Rewrites the moves whose head axis must not follow the plain crop.
+
+    The moves of one grouped-query attention (its query-side and kv-side tensors, as
+    :func:`head_axes` found them on either side) take their target heads from
+    :func:`head_maps`, with the head counts read from the moved tensors' shapes; a
+    move whose map differs from the clip rule's becomes one move per mapped target
+    head. Moves of stacked tensors, positional tables and fused axes on the head axis
+    are left as they are.
+
+    Args:
+      moves: the planned moves.
+      dst_heads: the target's :func:`head_axes`; src_heads: the source's.
+
+    Returns:
+      The moves, rewritten where the heads need it (in the same order).
+
+    >>> def move(name, src, dst):
+    ...     return TensorMove(("params", name), ("params", name), name, name, src, dst, src)
+    >>> moves = [move("q", (4, 3), (4, 3)), move("kv", (2, 3), (4, 3))]
+    >>> src = {("params", "q"): HeadAxis(0, 4, 2, False), ("params", "kv"): HeadAxis(0, 4, 2, True)}
+    >>> [(m.src_index, m.dst_index) for m in with_heads(moves, {}, src)][1:]
+    [((0, 0), (0, 0)), ((0, 0), (0, 1)), ((0, 1), (0, 2)), ((0, 1), (0, 3))]
+    """
+    groups: dict[tuple[str, int], list[tuple[int, int, bool]]] = {}
+    for i, move in enumerate(moves):
+        role = _role(move, dst_heads.get(move.dst), src_heads.get(move.src))
+        if role is not None:
+            groups.setdefault(role[0], []).append((i, role[1], role[2]))
+    rewritten: dict[int, list[TensorMove]] = {}
+    for members in groups.values():
+        counts = _counts(moves, members)
+        if counts is None:
+            continue
+        query, kv_map = head_maps(*counts)
+        for i, axis, kv in members:
+            index = kv_map if kv else query
+            if index != clip_map(moves[i].src_shape[axis], len(index)):
+                rewritten[i] = _per_head(moves[i], axis, index)
+    out: list[TensorMove] = []
+    for i, move in enumerate(moves):
+        out.extend(rewritten.get(i, [move]))
+    return tuple(out)

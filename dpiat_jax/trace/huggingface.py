@@ -1,0 +1,234 @@
+"""Hugging Face Flax model objects: their variables, a default input and inference mode.
+
+A ``transformers.FlaxPreTrainedModel`` carries a linen ``.module``, its ``.params`` and
+a ``.config``; it is duck-typed here (:func:`is_hf_model`), transformers is never
+imported. :func:`hf_variables` reads its parameters as a variables dict,
+:func:`hf_sample_input` builds the input its ``init_weights`` would use (token ids of
+length ``min(max_position_embeddings, 16)``, or pixel values of its input shape) and
+:func:`hf_call_kwargs` adds the inference-mode flag. The adapter that uses them is
+:class:`dpiat_jax.trace.adapter.HfModel`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dpiat_jax.trace import inputs
+from dpiat_jax.trace.inputs import Inputs
+from dpiat_jax.types import ArrayTree, Variables
+
+__all__ = [
+    "has_attribute",
+    "hf_call_kwargs",
+    "hf_sample_input",
+    "hf_variables",
+    "is_hf_model",
+]
+
+#: Token inputs of Hugging Face text models, built with the token ids' shape.
+_TOKEN_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_position_ids",
+)
+#: The default sequence length of a Hugging Face text model's input (at most).
+_TEXT_LENGTH = 16
+#: Inference-mode keywords a Hugging Face module's ``__call__`` takes, and their values.
+_INFERENCE_FLAGS = (("deterministic", True), ("train", False))
+
+
+def has_attribute(obj: Any, name: str) -> bool:
+    """Whether ``obj`` has ``name``, without running a property (a Hugging Face model
+    built with ``_do_init=False`` raises ValueError on reading ``params``).
+
+    Args:
+      obj: any object.
+      name: an attribute name.
+
+    Returns:
+      True when ``inspect.getattr_static`` finds it.
+
+    >>> has_attribute(nn.Dense(2), "features"), has_attribute(nn.Dense(2), "params")
+    (True, False)
+    """
+    try:
+        inspect.getattr_static(obj, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def is_hf_model(obj: Any) -> bool:
+    """Whether ``obj`` is a Hugging Face Flax model object (duck-typed).
+
+    A ``transformers.FlaxPreTrainedModel`` has a linen ``module``, its ``params`` and a
+    ``config``; transformers itself is never imported.
+
+    Args:
+      obj: anything a user passes as a model or as variables.
+
+    Returns:
+      True when ``obj`` has ``module`` (a linen module), ``params`` and ``config``.
+
+    >>> from types import SimpleNamespace
+    >>> is_hf_model(SimpleNamespace(module=nn.Dense(2), params={}, config=None))
+    True
+    >>> is_hf_model(nn.Dense(2))
+    False
+    """
+    if isinstance(obj, (nn.Module, Mapping, type)):
+        return False
+    names = ("module", "params", "config")
+    return all(has_attribute(obj, n) for n in names) and isinstance(obj.module, nn.Module)
+
+
+def hf_variables(model: Any) -> Variables | None:
+    """Returns a Hugging Face model's parameters as a variables dict.
+
+    Hugging Face keeps a model's ``params`` as the params collection, or as the whole
+    variables dict for models with batch statistics (ResNet: ``{"params": ...,
+    "batch_stats": ...}``); both become ``{"params": ..., ...}``.
+
+    Args:
+      model: a Hugging Face Flax model object (:func:`is_hf_model`).
+
+    Returns:
+      A plain variables dict, or None for a model built without parameters
+      (``_do_init=False``).
+
+    >>> from types import SimpleNamespace
+    >>> hf_variables(SimpleNamespace(params={"dense": {"bias": 0}}))
+    {'params': {'dense': {'bias': 0}}}
+    """
+    try:
+        params = model.params
+    except ValueError:  # built with _do_init=False: it holds no parameters
+        return None
+    if params is None:
+        return None
+    plain = flax.core.unfreeze(params)
+    if "params" in plain and isinstance(plain["params"], Mapping):
+        return plain
+    return {"params": plain}
+
+
+def _required_positional(module: nn.Module) -> list[str]:
+    """The names of the positional parameters ``module.__call__`` requires."""
+    params = list(inspect.signature(type(module).__call__).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.default is p.empty]
+
+
+def _config_value(config: Any, name: str) -> Any:
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001 - a config that refuses an unknown attribute
+        return None
+
+
+def _text_length(config: Any) -> int:
+    longest = _config_value(config, "max_position_embeddings")
+    return min(int(longest), _TEXT_LENGTH) if longest else _TEXT_LENGTH
+
+
+def _pixel_shape(model: Any) -> tuple[int, ...] | None:
+    """The pixel input shape ``init_weights`` uses (its ``input_shape`` when 4-D, else
+    ``(1, image_size, image_size, num_channels)`` from the config)."""
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 4 and all(isinstance(n, int) for n in shape):
+        return shape
+    size = _config_value(model.config, "image_size")
+    channels = _config_value(model.config, "num_channels") or 3
+    return None if not isinstance(size, int) else (1, size, size, channels)
+
+
+def _default_input(model: Any, name: str, tokens: tuple[int, ...], argname: str) -> Any:
+    """One positional input of a Hugging Face module, abstract."""
+    if name in _TOKEN_INPUTS:
+        return jax.ShapeDtypeStruct(tokens, jnp.int32)
+    shape = _pixel_shape(model) if name == "pixel_values" else None
+    if shape is None:
+        raise ValueError(
+            f"`{argname}` ({type(model).__name__}): no default input for its module's "
+            f"`{name}` argument; pass sample_input= (dpiat_jax.Inputs(...) for several "
+            "positional inputs)."
+        )
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayTree:
+    """Returns the input a Hugging Face model is traced with.
+
+    Without ``given``, every positional input its module's ``__call__`` requires is
+    built from the config as its ``init_weights`` builds them: token inputs
+    (``input_ids``, ``attention_mask``, ``position_ids``...) int32 of shape ``(1,
+    min(max_position_embeddings, 16))``, ``pixel_values`` float32 of the model's
+    ``input_shape`` (NHWC, ``(1, image_size, image_size, num_channels)``). A single
+    array given for a module that requires several inputs is its first one, and the
+    others are built alike (token inputs of its shape). An ``Inputs`` record is kept.
+
+    Args:
+      model: a Hugging Face Flax model object.
+      given: the user's input for it, or None.
+      argname: the user's argument, for the error message.
+
+    Returns:
+      One abstract input, or an :class:`~dpiat_jax.trace.inputs.Inputs` record.
+
+    Raises:
+      ValueError: a required input that cannot be built from the config.
+
+    >>> from types import SimpleNamespace
+    >>> class Net(nn.Module):
+    ...     def __call__(self, input_ids, attention_mask, deterministic=True):
+    ...         return input_ids
+    >>> config = SimpleNamespace(max_position_embeddings=512)
+    >>> hf_sample_input(SimpleNamespace(module=Net(), config=config), None, "dst_def")
+    Inputs(shape (1, 16) dtype int32, shape (1, 16) dtype int32)
+    """
+    names = _required_positional(model.module)
+    if isinstance(given, Inputs) or (given is not None and len(names) <= 1):
+        return given
+    if given is not None:
+        tokens = tuple(given.shape)
+        rest = [_default_input(model, n, tokens, argname) for n in names[1:]]
+        return Inputs(inputs.abstract_tree(given), *rest)
+    tokens = (1, _text_length(model.config))
+    built = [_default_input(model, n, tokens, argname) for n in names]
+    return built[0] if len(built) == 1 else Inputs(*built)
+
+
+def hf_call_kwargs(module: nn.Module, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Returns the user's keywords plus the inference-mode flags ``__call__`` takes.
+
+    Args:
+      module: a Hugging Face model's linen module.
+      kwargs: the user's call keywords, or None.
+
+    Returns:
+      A new dict: ``deterministic=True`` / ``train=False`` added where ``__call__``
+      takes them and the user did not set them.
+
+    >>> class Net(nn.Module):
+    ...     def __call__(self, x, deterministic: bool = False):
+    ...         return x
+    >>> hf_call_kwargs(Net(), None)
+    {'deterministic': True}
+    """
+    out = dict(kwargs or {})
+    names = inspect.signature(type(module).__call__).parameters
+    for flag, value in _INFERENCE_FLAGS:
+        if flag in names and flag not in out:
+            out[flag] = value
+    return out

@@ -1,0 +1,214 @@
+"""Attention heads: grouped-query maps, heads found from the forward pass, heads fused
+into one axis with the head dimension (issue 12)."""
+
+from __future__ import annotations
+
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dpiat_jax
+from dpiat_jax.heads import HeadAxis, clip_map, head_axes, head_maps, head_parts, with_heads
+from dpiat_jax.structure import StructureWarning
+from dpiat_jax.trace.factors import factor_flow
+from dpiat_jax.variables import TensorMove
+
+X = jnp.ones((1, 5, 8))
+KEY = jax.random.key(0)
+
+
+def flow_of(model: nn.Module):
+    return factor_flow(model, jax.eval_shape(model.init, KEY, X), X)
+
+
+class Grouped(nn.Module):
+    """Grouped-query attention on separate head axes; ``repeat`` repeats the kv heads
+    (``jnp.repeat``) instead of reshaping the queries into groups."""
+
+    heads: int = 4
+    kv_heads: int = 2
+    dim: int = 4
+    repeat: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        h, k, d = self.heads, self.kv_heads, self.dim
+        q = nn.DenseGeneral((h, d), name="q")(x)
+        kv = nn.DenseGeneral((2, k, d), name="kv")(x)
+        key, value = kv[..., 0, :, :], kv[..., 1, :, :]
+        if self.repeat:
+            key, value = jnp.repeat(key, h // k, axis=2), jnp.repeat(value, h // k, axis=2)
+            w = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, key), -1)
+            out = jnp.einsum("bhts,bshd->bthd", w, value)
+        else:
+            q = q.reshape(q.shape[:2] + (k, h // k, d))
+            w = jax.nn.softmax(jnp.einsum("btkgd,bskd->bkgts", q, key), -1)
+            out = jnp.einsum("bkgts,bskd->btkgd", w, value).reshape(q.shape[:2] + (h, d))
+        return nn.DenseGeneral(x.shape[-1], axis=(-2, -1), name="o")(out)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_grouped_heads_are_found(repeat):
+    found = head_axes(flow_of(Grouped(repeat=repeat)))
+    assert found[("params", "q", "kernel")] == HeadAxis(1, 4, 2, False)
+    assert found[("params", "kv", "kernel")] == HeadAxis(2, 4, 2, True)
+    assert found[("params", "o", "kernel")] == HeadAxis(0, 4, 2, False)
+    assert head_parts(flow_of(Grouped(repeat=repeat))) == {}
+
+
+def test_plain_heads_are_found_ungrouped():
+    found = head_axes(flow_of(Grouped(kv_heads=4)))
+    assert {v.kv for v in found.values()} == {None}
+
+
+def test_head_maps():
+    assert head_maps((4, 4), (8, 8)) == (clip_map(4, 8), clip_map(4, 8))  # plain: clip
+    assert head_maps((4, 2), (4, 4)) == ((0, 1, 2, 3), (0, 0, 1, 1))
+    # kv heads 4 -> 2: every kept query head's group reads its own source kv head
+    assert head_maps((4, 4), (4, 2)) == ((1, None, 2, None), (1, 2))
+    assert head_maps((8, 4), (4, 1)) == ((None, 2, 3, None), (1,))
+    assert head_maps((4, 2), (2, 1)) == ((0, 1), (0,))  # kept heads share a group
+    assert head_maps((4, 2), (8, 2)) == (clip_map(4, 8), (0, 1))
+    assert head_maps((8, 2), (4, 4)) == ((2, 3, 4, 5), (0, 0, 1, 1))
+
+
+def test_with_heads_leaves_plain_and_stacked_moves():
+    move = TensorMove(("params", "kv"), ("params", "kv"), "kv", "kv", (2, 3), (4, 3), (2, 3))
+    grouped = {("params", "kv"): HeadAxis(0, 4, 2, True)}
+    assert with_heads([move], {}, {}) == (move,)
+    assert with_heads([move], {}, grouped) == (move,)  # no query tensor: counts unknown
+    stacked = TensorMove(
+        ("params", "kv"), ("params", "kv"), "kv", "kv", (2, 3), (4, 3), (2, 3),
+        src_index=(0, 1), dst_index=(0, 1),
+    )  # fmt: skip
+    assert with_heads([stacked], {}, grouped) == (stacked,)
+
+
+def heads_of(src: np.ndarray, dst: np.ndarray, axis: int) -> list[int | None]:
+    """For each target head, the source head it equals exactly."""
+    out = []
+    for t in range(dst.shape[axis]):
+        same = [
+            s
+            for s in range(src.shape[axis])
+            if np.array_equal(np.take(np.asarray(src), s, axis), np.take(np.asarray(dst), t, axis))
+        ]
+        out.append(same[0] if same else None)
+    return out
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_more_kv_heads_repeat_the_group_kv_head(repeat):
+    src, dst = Grouped(repeat=repeat), Grouped(kv_heads=4, repeat=repeat)
+    variables = src.init(KEY, X)
+    out = dpiat_jax.transfer(variables, src, dst, KEY, sample_input=X)
+    p, o = variables["params"], out["params"]
+    assert heads_of(p["q"]["kernel"], o["q"]["kernel"], 1) == [0, 1, 2, 3]
+    assert heads_of(p["kv"]["kernel"], o["kv"]["kernel"], 2) == [0, 0, 1, 1]
+    dst.apply(out, X)
+
+
+def test_fewer_heads_keep_one_group():
+    src, dst = Grouped(), Grouped(heads=2, kv_heads=1)
+    variables = src.init(KEY, X)
+    out = dpiat_jax.transfer(variables, src, dst, KEY, sample_input=X)
+    p, o = variables["params"], out["params"]
+    assert heads_of(p["q"]["kernel"], o["q"]["kernel"], 1) == [0, 1]
+    assert heads_of(p["o"]["kernel"], o["o"]["kernel"], 0) == [0, 1]
+    assert heads_of(p["kv"]["kernel"], o["kv"]["kernel"], 2) == [0]
+
+
+class FusedHeads(nn.Module):
+    """Multi-head attention whose projections hold heads and head_dim in one axis."""
+
+    heads: int = 2
+    dim: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        h, d = self.heads, self.dim
+        q, k, v = (
+            nn.Dense(h * d, name=n)(x).reshape(x.shape[:2] + (h, d)) for n in ("q", "k", "v")
+        )
+        w = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, k), -1)
+        out = jnp.einsum("bhts,bshd->bthd", w, v).reshape(x.shape[:2] + (h * d,))
+        return nn.Dense(x.shape[-1], name="o")(out)
+
+
+def test_heads_in_one_axis_are_found():
+    parts = head_parts(flow_of(FusedHeads()))
+    for name in "qkv":
+        assert parts[("params", name, "kernel")] == (1, 2)
+        assert parts[("params", name, "bias")] == (0, 2)
+    assert parts[("params", "o", "kernel")] == (0, 2)
+
+
+def test_heads_in_one_axis_keep_whole_heads_when_head_dim_grows():
+    src, dst = FusedHeads(2, 4), FusedHeads(2, 8)
+    variables = src.init(KEY, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        out = dpiat_jax.transfer(variables, src, dst, KEY, sample_input=X)
+    for name in "qkv":
+        kernel, grown = variables["params"][name]["kernel"], out["params"][name]["kernel"]
+        for head in range(2):
+            np.testing.assert_array_equal(
+                grown[:, 8 * head + 2 : 8 * head + 6], kernel[:, 4 * head : 4 * head + 4]
+            )
+    o, grown = variables["params"]["o"]["kernel"], out["params"]["o"]["kernel"]
+    np.testing.assert_array_equal(grown[10:14], o[4:8])  # head 1, centred in its chunk
+
+
+def test_heads_in_one_axis_cut_by_a_crop_are_named():
+    src = FusedHeads(2, 4)
+    variables = src.init(KEY, X)
+    with pytest.warns(StructureWarning, match="params/q/kernel"):
+        dpiat_jax.transfer(variables, src, FusedHeads(3, 4), KEY, sample_input=X)
+    with warnings.catch_warnings():  # an even change of whole heads keeps heads whole
+        warnings.simplefilter("error", StructureWarning)
+        dpiat_jax.transfer(variables, src, FusedHeads(4, 4), KEY, sample_input=X)
+
+
+def test_fused_parts_whose_source_differs_are_named():
+    from test_fused import Opaque, Parts  # tests/ is on sys.path
+
+    with pytest.warns(StructureWarning, match=r"params/p/kernel \(fused in 3 parts"):
+        dpiat_jax.plan(Opaque(8), Parts(3), sample_input=X)
+
+
+def test_heads_cut_inside_fused_parts_are_named():
+    from test_fused import ReshapedQKV
+
+    with pytest.warns(StructureWarning, match="params/qkv/kernel"):
+        dpiat_jax.plan(ReshapedQKV(2, 4), ReshapedQKV(3, 4), sample_input=X)
+
+
+class GroupedStep(nn.Module):
+    kv_heads: int
+
+    @nn.compact
+    def __call__(self, x, _):
+        return x + Grouped(kv_heads=self.kv_heads, name="attn")(x), None
+
+
+class ScannedGrouped(nn.Module):
+    kv_heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        steps = nn.scan(
+            GroupedStep, variable_axes={"params": 0}, split_rngs={"params": True}, length=2
+        )
+        return steps(self.kv_heads, name="steps")(x, None)[0]
+
+
+def test_grouped_heads_of_a_scan_are_named():
+    """Scanned layers keep the per-axis crop for grouped heads, and say so."""
+    src = ScannedGrouped(2)
+    variables = src.init(KEY, X)
+    with pytest.warns(StructureWarning, match="grouped-query heads of a stacked tensor"):
+        dpiat_jax.transfer(variables, src, ScannedGrouped(4), KEY, sample_input=X)
