@@ -533,17 +533,21 @@ def solve_rows(
     p, n, m = scores.shape
     rows = n if rows is None else int(rows)
     policy = current_policy() if policy is None else policy
-    signature = ("cross", scores.shape, src_runs.shape, dst_runs.shape, with_choices)
     work = p * rows * (n * m + m * (src_runs.shape[3] + dst_runs.shape[3]))
-    args = (scores, src_runs, dst_runs)
+    # The batch is padded to a power of two (copies of its first problem), so that
+    # architectures of similar size share compiled code.
+    pad = np.concatenate([np.arange(p), np.zeros(bucket(p) - p, np.int64)])
+    args = (scores[pad], src_runs[pad], dst_runs[pad])
+    signature = ("cross", *(a.shape for a in args), with_choices)
 
     def kernel():
         return _solve_rows_jit(*args, np.int32(rows), with_choices=with_choices)
 
     if use_compiled(signature, work, policy, kernel):
         table, choices = kernel()
-        return np.asarray(table), None if choices is None else np.asarray(choices)
-    return _solve_rows_numpy(*args, rows, with_choices=with_choices)
+        table, choices = np.asarray(table)[:p], None if choices is None else np.asarray(choices)[:p]
+        return table, choices
+    return _solve_rows_numpy(scores, src_runs, dst_runs, rows, with_choices=with_choices)
 
 
 def _run_problems(side: Side, other: Side, depth: int, source: bool) -> Problems:
