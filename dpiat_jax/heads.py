@@ -25,20 +25,45 @@ turns a move whose head axis must not follow the plain crop into one move per ta
 head (:attr:`~dpiat_jax.variables.TensorMove.src_index` / ``dst_index``), written back
 into the head axis by :func:`dpiat_jax.variables.apply_moves`.
 
+Heads fused into one axis with the head dimension (a ``Dense(heads * head_dim)``
+whose output the forward pass reshapes to ``(heads, head_dim)``, a fused
+``(3, heads, head_dim)`` projection, the output projection's input axis and the biases
+alike) are read as the factors of that axis (:func:`head_factors`);
+:func:`with_factors` gives their moves
+:attr:`~dpiat_jax.variables.TensorMove.factors`, so the rule applies per factor: whole
+heads kept or dropped, centred, the head dimension cropped inside each head, whatever
+the head counts.
+
 Limits: only separate head axes get the grouped mapping (heads fused into one axis
-with the head dimension move as whole heads only when the head count stays, via
-:func:`head_parts`); a stacked (scanned) tensor keeps the plain crop.
+are mapped as plain multi-head attention: grouped-query attention whose heads share an
+axis with the head dimension is left to the crop of :func:`head_parts`); a stacked
+(scanned) tensor keeps the plain crop of its grouped heads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 from dpiat_jax.trace.factors import Atom, FactorFlow
+from dpiat_jax.types import Shape
 from dpiat_jax.variables import TensorKey, TensorMove
 
-__all__ = ["HeadAxis", "head_axes", "head_parts", "clip_map", "head_maps", "with_heads"]
+__all__ = [
+    "HeadAxis",
+    "AxisFactors",
+    "head_axes",
+    "head_parts",
+    "head_factors",
+    "with_factors",
+    "clip_map",
+    "head_maps",
+    "with_heads",
+]
+
+#: ``((axis, factor sizes major first), ...)``: the factored axes of one tensor.
+AxisFactors = tuple[tuple[int, Shape], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +217,146 @@ def head_parts(flow: FactorFlow) -> dict[TensorKey, tuple[int, int]]:
                 if q >= 0 and flow.is_whole((q, e, 1, m, 0)) and m == n:
                     out.setdefault(flow.keys[q], (e, n // chunk))
     return out
+
+
+def _grouped_axes(flow: FactorFlow) -> set[tuple[int, int]]:
+    """The parameter axes of grouped-query attention (kv or query side)."""
+    return {
+        (p, d)
+        for atoms in _head_classes(flow).values()
+        for (p, d), axis in _grouped(flow, atoms).items()
+        if axis.kv is not None
+    }
+
+
+def _bounds(flow: FactorFlow, axes: set[tuple[int, int]]) -> set[int]:
+    """The strides at which the program's atoms of ``axes`` (one class of equal-sized
+    parameter axes) cut them: ``s`` and ``s * n`` of every atom, and the width of every
+    equal cut into pieces."""
+    bounds: set[int] = set()
+    for p, d, s, n, _ in [*flow.classes, *flow.batch]:
+        if (p, d) in axes:
+            bounds.update((s, s * n))
+    for (p, d, s, n, _), pieces in flow.cuts.items():
+        widths = {stop - start for start, stop in pieces}
+        if (p, d) in axes and len(widths) == 1 and sum(stop - start for start, stop in pieces) == n:
+            bounds.add(s * widths.pop())
+    return bounds
+
+
+def _chain(bounds: set[int], size: int) -> Shape | None:
+    """Factor sizes (major first) of an axis of ``size`` cut at ``bounds``, when they
+    nest (each divides the next); None when they do not or make one factor only."""
+    ordered = sorted({1, size, *bounds})
+    if ordered[-1] != size or any(b % a for a, b in zip(ordered, ordered[1:])):
+        return None
+    factors = tuple(b // a for a, b in zip(ordered, ordered[1:]))[::-1]
+    return factors if len(factors) >= 2 else None
+
+
+def head_factors(flow: FactorFlow) -> dict[TensorKey, AxisFactors]:
+    """Finds the factors of the parameter axes that hold heads and the head dimension.
+
+    An axis that holds several attention heads in one (a ``Dense(heads * head_dim)``
+    reshaped to ``(heads, head_dim)``, a fused ``(3, heads, head_dim)`` or
+    ``(heads, 3 * head_dim)`` projection, the output projection's input axis) is cut
+    by the forward pass into factors; the factors of every tensor lined up with the
+    whole axis (its bias) are the same. Grouped-query attention is left out.
+
+    Args:
+      flow: the model's :class:`~dpiat_jax.trace.factors.FactorFlow`.
+
+    Returns:
+      Tensor key -> ``((axis, factor sizes major first), ...)``.
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from dpiat_jax.trace.factors import factor_flow
+    >>> class MHA(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         q = nn.Dense(8, name="q")(x).reshape(1, 3, 4, 2)
+    ...         k = nn.Dense(8, name="k")(x).reshape(1, 3, 4, 2)
+    ...         return jnp.einsum("bthd,bshd->bhts", q, k)
+    >>> x = jnp.zeros((1, 3, 8))
+    >>> model = MHA()
+    >>> flow = factor_flow(model, jax.eval_shape(model.init, jax.random.key(0), x), x)
+    >>> head_factors(flow)[("params", "q", "bias")]
+    ((0, (4, 2)),)
+    """
+    grouped = _grouped_axes(flow)
+    heads = {
+        (p, d)
+        for atoms in _head_classes(flow).values()
+        for p, d, s, _, _ in atoms
+        if s > 1 and (p, d) not in grouped
+    }
+    found: dict[TensorKey, dict[int, Shape]] = {}
+    for p, d in sorted(heads):
+        n = flow.shapes[p][d]
+        whole = [(q, e) for q, e, _, m, _ in flow.members((p, d, 1, n, 0)) if q >= 0 and m == n]
+        lined = {(q, e) for q, e in whole if flow.is_whole((q, e, 1, n, 0))} | {(p, d)}
+        factors = _chain(_bounds(flow, lined), n)
+        if factors is None or lined & grouped:
+            continue
+        for q, e in sorted(lined):
+            found.setdefault(flow.keys[q], {}).setdefault(e, factors)
+    return {key: tuple(sorted(axes.items())) for key, axes in found.items()}
+
+
+def _step(axes: AxisFactors, index: tuple[int, int] | None) -> dict[int, Shape]:
+    """A stacked tensor's factored axes as one step's axes (the step axis dropped)."""
+    if index is None:
+        return dict(axes)
+    return {a - (a > index[0]): f for a, f in axes if a != index[0]}
+
+
+def _aligned(src: Shape, dst: Shape) -> bool:
+    """Whether two factorizations correspond factor by factor (and differ)."""
+    return len(src) == len(dst) and src != dst
+
+
+def with_factors(
+    moves: Sequence[TensorMove],
+    dst_factors: Mapping[TensorKey, AxisFactors],
+    src_factors: Mapping[TensorKey, AxisFactors],
+) -> tuple[TensorMove, ...]:
+    """Gives the moves of tensors whose heads share an axis their factors.
+
+    A move's axis is factored when both sides' forward passes cut it into as many
+    factors (``(heads, head_dim)`` on both, ``(3, heads, head_dim)`` on both) and the
+    factor sizes differ: then the rule applies per factor
+    (:attr:`~dpiat_jax.variables.TensorMove.factors`). Positional tables and per-head
+    moves (of grouped heads) are left as they are.
+
+    Args:
+      moves: the planned moves.
+      dst_factors: the target's :func:`head_factors`; src_factors: the source's.
+
+    Returns:
+      The moves, factored where both sides agree (in the same order).
+
+    >>> move = TensorMove(("params", "q"), ("params", "q"), "q", "q", (8, 8), (8, 16), (8, 8))
+    >>> with_factors([move], {("params", "q"): ((1, (4, 4)),)},
+    ...              {("params", "q"): ((1, (2, 4)),)})[0].factors
+    ((1, (2, 4), (4, 4)),)
+    """
+    out = []
+    for move in moves:
+        dst = _step(dst_factors.get(move.dst, ()), move.dst_index)
+        src = _step(src_factors.get(move.src, ()), move.src_index)
+        factors = tuple(
+            (axis, src[axis], dst[axis])
+            for axis in sorted(set(dst) & set(src))
+            if _aligned(src[axis], dst[axis])
+            and axis < len(move.dst_shape)
+            and math.prod(src[axis]) == move.moved_shape[axis]
+            and math.prod(dst[axis]) == move.dst_shape[axis]
+        )
+        usable = factors and not move.positional and len(move.src_shape) == len(move.dst_shape)
+        out.append(dataclasses.replace(move, factors=factors) if usable else move)
+    return tuple(out)
 
 
 def clip_map(a: int, b: int) -> tuple[int | None, ...]:

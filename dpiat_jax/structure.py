@@ -10,10 +10,13 @@ it from the jaxpr of a linen model's ``apply`` (a :class:`Structure` record),
 structures: the one step of :func:`dpiat_jax.plan.plan_traced` between listing the
 moves and choosing channels.
 
-Where the structure asks for something a move cannot do (heads fused into one axis
-whose head count changes, grouped heads of a scanned tensor, a fused target whose
-source is not split alike), the tensor moves as one tensor by the rule and a
-:class:`StructureWarning` names it.
+Heads fused into one axis with the head dimension move per factor
+(:func:`dpiat_jax.heads.head_factors`, :func:`dpiat_jax.heads.with_factors`): whole heads
+kept or dropped and the head dimension cropped inside each, whether the head count, the
+head dimension or both change. Where the structure asks for something a move cannot do
+(heads in one axis whose factors only one side's forward pass shows, grouped heads of a
+scanned tensor, a fused target whose source is not split alike), the tensor moves as
+one tensor by the rule and a :class:`StructureWarning` names it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ import flax.linen as nn
 
 from dpiat_jax.channels import fused_axes
 from dpiat_jax.fused import FusedRule, reshaped_parts, with_parts
-from dpiat_jax.heads import HeadAxis, head_axes, head_parts, with_heads
+from dpiat_jax.heads import (
+    AxisFactors,
+    HeadAxis,
+    head_axes,
+    head_factors,
+    head_parts,
+    with_factors,
+    with_heads,
+)
 from dpiat_jax.matching import LayerPair
 from dpiat_jax.trace.adapter import Model, Traced
 from dpiat_jax.trace.factors import factor_flow
@@ -62,6 +73,8 @@ class Structure:
       head_chunks: tensor key -> ``(axis, chunks)`` of an axis holding heads and the
         head dimension in one (:func:`dpiat_jax.heads.head_parts`).
       heads: tensor key -> its separate :class:`~dpiat_jax.heads.HeadAxis`.
+      factors: tensor key -> the factors of its axes that hold heads and the head
+        dimension in one (:func:`dpiat_jax.heads.head_factors`).
 
     >>> Structure().fused
     {}
@@ -70,6 +83,7 @@ class Structure:
     fused: Mapping[TensorKey, tuple[int, int]] = dataclasses.field(default_factory=dict)
     head_chunks: Mapping[TensorKey, tuple[int, int]] = dataclasses.field(default_factory=dict)
     heads: Mapping[TensorKey, HeadAxis] = dataclasses.field(default_factory=dict)
+    factors: Mapping[TensorKey, AxisFactors] = dataclasses.field(default_factory=dict)
 
 
 def forward_structure(
@@ -108,7 +122,7 @@ def forward_structure(
         flow = factor_flow(module, variables, sample_input, call_kwargs)
     except Exception:  # noqa: BLE001 - the channel walk's finding, or none
         return Structure(fused_axes(module, variables, sample_input, call_kwargs))
-    return Structure(reshaped_parts(flow), head_parts(flow), head_axes(flow))
+    return Structure(reshaped_parts(flow), head_parts(flow), head_axes(flow), head_factors(flow))
 
 
 _CACHE: dict[tuple, Structure] = {}
@@ -130,7 +144,7 @@ def model_structure(traced: Traced, model: Model) -> Structure | None:
     >>> from dpiat_jax.trace.adapter import adapt
     >>> model = adapt(nn.Dense(2), "dst_def")
     >>> model_structure(model.trace(None, jnp.zeros((1, 3)), {}, "dst_def"), model)
-    Structure(fused={}, head_chunks={}, heads={})
+    Structure(fused={}, head_chunks={}, heads={}, factors={})
     """
     module = model.linen_module
     if module is None:
@@ -155,7 +169,7 @@ def _cut_heads(move: TensorMove, chunks: tuple[int, int], src: tuple[int, int] |
     move one by one and (within each fused part) the chunk widths differ, or the centre
     offset is not a whole number of chunks."""
     axis, count = chunks
-    if move.parts == chunks:
+    if move.parts == chunks or any(a == axis for a, _, _ in move.factors):
         return False
     split = move.parts[1] if move.parts is not None and move.parts[0] == axis else 1
     a, b = move.moved_shape[axis] // split, move.dst_shape[axis] // split
@@ -179,7 +193,8 @@ def _moved_whole(
             out.append((name, "heads share an axis with the head dimension and their "
                         "count differs: cropped as one axis"))  # fmt: skip
         fused = dst.fused.get(move.dst)
-        if fused is not None and unstacked and move.parts is None:
+        factored = fused is not None and any(a == fused[0] for a, _, _ in move.factors)
+        if fused is not None and unstacked and move.parts is None and not factored:
             out.append((name, f"fused in {fused[1]} parts, but the source is not split "
                         "alike: moved as one tensor"))  # fmt: skip
         heads = [] if src is None else [src.heads.get(move.src), dst.heads.get(move.dst)]
@@ -201,9 +216,11 @@ def structured_moves(
 
     Fused tensors move part by part (:func:`dpiat_jax.fused.with_parts`; heads in one
     axis head chunk by head chunk), separate head axes of grouped-query attention by
-    :func:`dpiat_jax.heads.with_heads`. What the source's forward pass does not confirm
-    is not applied (a target split in 3 parts whose source is plain moves as one
-    tensor); without a linen source (NNX) the target's finding is trusted.
+    :func:`dpiat_jax.heads.with_heads`, axes that hold heads and the head dimension in
+    one per factor (:func:`dpiat_jax.heads.with_factors`). What the source's forward
+    pass does not confirm is not applied (a target split in 3 parts whose source is
+    plain moves as one tensor); without a linen source (NNX) the target's finding is
+    trusted (factors need both sides).
 
     Args:
       moves: from :func:`dpiat_jax.variables.plan_moves`.
@@ -236,6 +253,7 @@ def structured_moves(
     )
     if src_found is not None:
         moves = with_heads(moves, dst_found.heads, src_found.heads)
+        moves = with_factors(moves, dst_found.factors, src_found.factors)
     whole = _moved_whole(moves, dst_found, src_found)
     if whole:
         shown = "; ".join(f"{name} ({why})" for name, why in whole[:6])

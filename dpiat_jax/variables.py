@@ -58,6 +58,7 @@ __all__ = [
     "TensorKey",
     "TensorMove",
     "ChannelGroup",
+    "factored_axes",
     "tensor_key",
     "flat_variables",
     "plan_moves",
@@ -133,6 +134,14 @@ class TensorMove:
       src_index, dst_index: ``(axis, index)`` when the tensor is stacked by ``nn.scan``
         / ``nn.vmap`` (:mod:`dpiat_jax.stacking`): the move reads (writes) that one step
         of it; the shapes above are one step's.
+      factors: ``(axis, source factors, target factors)`` for every axis that holds
+        several factors in one (heads and the head dimension, ``(heads, head_dim)``, or
+        ``(3, heads, head_dim)`` of a fused projection; :func:`dpiat_jax.heads.head_factors`):
+        both sides are reshaped into their factors (major first), the rule applies per
+        factor (the clip rule keeps or drops whole heads, centred, and crops the head
+        dimension inside each head) and the result is reshaped back. A factored axis
+        is no channel dimension of a channel-selecting rule (it follows the centre
+        crop per factor, ``uniform`` its even spacing per factor).
 
     >>> move = TensorMove(("params", "d", "kernel"), ("params", "s", "kernel"), "d", "s",
     ...                   (3, 8), (3, 4), (3, 8))
@@ -155,18 +164,30 @@ class TensorMove:
     parts: tuple[int, int] | None = None
     src_index: tuple[int, int] | None = None
     dst_index: tuple[int, int] | None = None
+    factors: tuple[tuple[int, Shape, Shape], ...] = ()
+
+    def __post_init__(self) -> None:
+        # a plan read back from JSON gives lists: stored as tuples (hashable, comparable)
+        factors = tuple((int(a), tuple(s), tuple(d)) for a, s, d in self.factors or ())
+        object.__setattr__(self, "factors", factors)
 
     @property
     def overlap(self) -> int:
-        """The number of target scalars written from the source."""
-        return math.prod(min(a, b) for a, b in zip(self.moved_shape, self.dst_shape))
+        """The number of target scalars written from the source (per factor on a
+        factored axis)."""
+        sizes = [min(a, b) for a, b in zip(self.moved_shape, self.dst_shape)]
+        for axis, src, dst in factored_axes(self.factors, self.moved_shape, self.dst_shape):
+            sizes[axis] = math.prod(min(a, b) for a, b in zip(src, dst))
+        return math.prod(sizes)
 
     @property
     def slices(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         """``(source slices, target slices)`` of the centre geometry (the clip rule's
         moves exactly these; a channel-selecting rule picks the channels along
         ``channel_axes`` from the source's values instead, and ``full`` fills the
-        target's rim too); a prefix axis moves its first ``min(a, b)`` entries."""
+        target's rim too); a prefix axis moves its first ``min(a, b)`` entries. A
+        factored axis (``factors``) moves per factor instead: its slices here are the
+        whole axis's, not what moves."""
         src, dst = centre_slices(self.moved_shape, self.dst_shape)
         if not self.prefix_axes:
             return src, dst
@@ -175,6 +196,38 @@ class TensorMove:
             n = min(self.moved_shape[axis], self.dst_shape[axis])
             src[axis] = dst[axis] = slice(0, n)
         return tuple(src), tuple(dst)
+
+
+def factored_axes(
+    factors: Sequence[tuple[int, Shape, Shape]], src_shape: Shape, dst_shape: Shape
+) -> tuple[tuple[int, Shape, Shape], ...]:
+    """Returns the factored axes that fit both shapes.
+
+    A factored axis applies only where the source's and the target's sizes are the
+    products of their factors (a source widened along the axis by a widening rule no
+    longer is: it moves as one axis).
+
+    Args:
+      factors: a move's :attr:`TensorMove.factors`.
+      src_shape: the shape the rule receives from the source; dst_shape: the target's.
+
+    Returns:
+      The entries of ``factors`` that fit, in order.
+
+    >>> factored_axes(((1, (2, 4), (4, 4)),), (3, 8), (3, 16))
+    ((1, (2, 4), (4, 4)),)
+    >>> factored_axes(((1, (2, 4), (4, 4)),), (3, 16), (3, 16))
+    ()
+    """
+    return tuple(
+        (axis, src, dst)
+        for axis, src, dst in factors
+        if axis < len(src_shape)
+        and axis < len(dst_shape)
+        and src_shape[axis] == math.prod(src)
+        and dst_shape[axis] == math.prod(dst)
+        and len(src) == len(dst)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,8 +423,8 @@ def plan_channels(
         if _spaces(graph, move) is None:
             out.append(move)
             continue
-        axes = channel_axes(graph, move.dst)
-        spaces = graph.spaces.get(move.dst, ())
+        spaces = _spaces(graph, move)
+        axes = tuple(a for a in channel_axes(graph, move.dst) or () if spaces[a] is not None)
         chosen = tuple(
             (axis, index[(spaces[axis], move.moved_shape[axis], move.dst_shape[axis])])
             for axis in axes or ()
@@ -383,10 +436,17 @@ def plan_channels(
 
 def _spaces(graph: ChannelGraph, move: TensorMove) -> tuple | None:
     """The target tensor's channel spaces; None when the graph does not know it or the
-    move handles one step of a stacked tensor (the graph sees the stacked shape)."""
-    if move.dst_index is not None or move.src_index is not None or move.parts is not None:
+    move handles one step of a stacked tensor (the graph sees the stacked shape) or a
+    fused part. A factored axis has no space (it moves per factor)."""
+    if move.dst_index is not None or move.src_index is not None:
         return None
-    return graph.spaces.get(move.dst)
+    if move.parts is not None and not move.factors:
+        return None
+    spaces = graph.spaces.get(move.dst)
+    if spaces is None or not move.factors:
+        return spaces
+    factored = {axis for axis, _, _ in move.factors}
+    return tuple(None if axis in factored else s for axis, s in enumerate(spaces))
 
 
 def _rankers(moves: Sequence[TensorMove], members: list) -> tuple[tuple[int, int], ...]:
@@ -443,11 +503,64 @@ def _apply_parts(
     return jnp.concatenate(pieces, axis=axis)
 
 
+def _expanded(shape: Shape, factors: Sequence[tuple[int, Shape]]) -> Shape:
+    """``shape`` with every factored axis replaced by its factors."""
+    sizes: dict[int, Shape] = dict(factors)
+    return tuple(n for axis, d in enumerate(shape) for n in sizes.get(axis, (d,)))
+
+
+def _new_axis(axis: int, factors: Sequence[tuple[int, Shape, Shape]]) -> int:
+    """Where an axis lands once the factored axes before it are expanded."""
+    return axis + sum(len(f) - 1 for a, f, _ in factors if a < axis)
+
+
+def _apply_factored(
+    move: TensorMove,
+    factors: tuple[tuple[int, Shape, Shape], ...],
+    rule: TensorRule,
+    source: jax.Array,
+    dst: jax.Array,
+    rng: PRNGKey,
+    chosen: Mapping[int, jax.Array],
+) -> jax.Array:
+    """A move with factored axes: both sides reshaped into their factors, the rule
+    applied to the reshaped tensors (per factor), the result reshaped back (a fused
+    split of a factored axis is implied by its factors)."""
+    src_shape = _expanded(tuple(source.shape), [(a, s) for a, s, _ in factors])
+    dst_shape = _expanded(tuple(dst.shape), [(a, d) for a, _, d in factors])
+    factored = {a for a, _, _ in factors}
+    parts = move.parts
+    if parts is not None:
+        parts = None if parts[0] in factored else (_new_axis(parts[0], factors), parts[1])
+    inner = dataclasses.replace(
+        move,
+        src_shape=src_shape,
+        dst_shape=dst_shape,
+        moved_shape=src_shape,
+        factors=(),
+        parts=parts,
+        channel_axes=None
+        if move.channel_axes is None
+        else tuple(_new_axis(a, factors) for a in move.channel_axes if a not in factored),
+        prefix_axes=tuple(_new_axis(a, factors) for a in move.prefix_axes if a not in factored),
+        selections=(),
+    )
+    moved = {_new_axis(a, factors): v for a, v in chosen.items() if a not in factored}
+    new = _apply_one(
+        inner, rule, jnp.reshape(source, src_shape), jnp.reshape(dst, dst_shape), rng, moved
+    )
+    return jnp.reshape(new, dst.shape)
+
+
 def _apply_one(
     move: TensorMove, rule: TensorRule, source: jax.Array, dst: jax.Array, rng: PRNGKey, chosen
 ) -> jax.Array:
     """One move: the rule's result, checked, with a class-token row kept; along a
-    prefix axis the rule sees the first ``min(a, b)`` entries of both sides only."""
+    prefix axis the rule sees the first ``min(a, b)`` entries of both sides only; a
+    factored axis moves per factor."""
+    factors = factored_axes(move.factors, tuple(source.shape), tuple(dst.shape))
+    if factors:
+        return _apply_factored(move, factors, rule, source, dst, rng, chosen)
     if move.parts is not None:
         return _apply_parts(move, rule, source, dst, rng, chosen)
     full = dst

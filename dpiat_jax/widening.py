@@ -167,8 +167,13 @@ class WidenedSpace:
 
 def _widenable(move: TensorMove) -> bool:
     """Whether the graph's view of the tensor is the move's (not one step of a stacked
-    tensor, not a fused part)."""
-    return move.parts is None and move.src_index is None and move.dst_index is None
+    tensor, not a fused part, not an axis of attention heads moved per factor)."""
+    return (
+        move.parts is None
+        and not move.factors
+        and move.src_index is None
+        and move.dst_index is None
+    )
 
 
 def _skipped_axes(move: TensorMove) -> set[int]:

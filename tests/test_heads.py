@@ -3,6 +3,7 @@ into one axis with the head dimension (issue 12)."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import flax.linen as nn
@@ -164,13 +165,17 @@ def test_heads_in_one_axis_keep_whole_heads_when_head_dim_grows():
 
 
 def test_heads_in_one_axis_cut_by_a_crop_are_named():
-    src = FusedHeads(2, 4)
+    """A source of one head shows no head factor (a reshape to ``(1, dim)`` has no
+    atom for it): its axis is cropped as one piece, and the warning says so."""
+    src = FusedHeads(1, 8)
     variables = src.init(KEY, X)
     with pytest.warns(StructureWarning, match="params/q/kernel"):
         dpiat_jax.transfer(variables, src, FusedHeads(3, 4), KEY, sample_input=X)
-    with warnings.catch_warnings():  # an even change of whole heads keeps heads whole
+    with warnings.catch_warnings():  # an odd change of the head count keeps heads whole
         warnings.simplefilter("error", StructureWarning)
-        dpiat_jax.transfer(variables, src, FusedHeads(4, 4), KEY, sample_input=X)
+        dpiat_jax.transfer(FusedHeads(2, 4).init(KEY, X), FusedHeads(2, 4), FusedHeads(3, 4),
+                           KEY, sample_input=X)  # fmt: skip
+        dpiat_jax.transfer(variables, src, FusedHeads(2, 4), KEY, sample_input=X)
 
 
 def test_fused_parts_whose_source_differs_are_named():
@@ -184,7 +189,7 @@ def test_heads_cut_inside_fused_parts_are_named():
     from test_fused import ReshapedQKV
 
     with pytest.warns(StructureWarning, match="params/qkv/kernel"):
-        dpiat_jax.plan(ReshapedQKV(2, 4), ReshapedQKV(3, 4), sample_input=X)
+        dpiat_jax.plan(ReshapedQKV(1, 8), ReshapedQKV(3, 4), sample_input=X)
 
 
 class GroupedStep(nn.Module):
@@ -212,3 +217,161 @@ def test_grouped_heads_of_a_scan_are_named():
     variables = src.init(KEY, X)
     with pytest.warns(StructureWarning, match="grouped-query heads of a stacked tensor"):
         dpiat_jax.transfer(variables, src, ScannedGrouped(4), KEY, sample_input=X)
+
+
+# ---------------------------------------------------------------- heads fused in one axis
+# whose head count changes: the axis moves per factor (heads, head_dim)
+
+
+def factor_map(src: tuple[int, ...], dst: tuple[int, ...]) -> list[int | None]:
+    """Per flat target index along a factored axis, the flat source index the clip rule
+    per factor puts there (None: fresh): whole heads centred, head_dim centred in each."""
+    maps = [clip_map(a, b) for a, b in zip(src, dst)]
+    out = []
+    for t in np.ndindex(*dst):
+        s = [m[i] for m, i in zip(maps, t)]
+        out.append(None if None in s else int(np.ravel_multi_index(s, src)))
+    return out
+
+
+def assert_factored(src, dst, axis: int, src_f, dst_f) -> None:
+    """Every target index along ``axis`` holds the source slice :func:`factor_map`
+    names (the other axes are equal), and no unmapped one holds a source slice."""
+    src, dst = np.asarray(src), np.asarray(dst)
+    assert src.shape[axis] == int(np.prod(src_f)) and dst.shape[axis] == int(np.prod(dst_f))
+    for t, s in enumerate(factor_map(src_f, dst_f)):
+        got = np.take(dst, t, axis)
+        if s is None:
+            assert not any(
+                np.array_equal(got, np.take(src, i, axis)) for i in range(src.shape[axis])
+            )
+        else:
+            np.testing.assert_array_equal(got, np.take(src, s, axis))
+
+
+def noisy(model: nn.Module) -> dict:
+    """Variables of ``model`` with every leaf drawn at random (biases too, so that
+    where each source value lands is readable)."""
+    variables = model.init(KEY, X)
+    leaves, tree = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    return jax.tree.unflatten(
+        tree, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+
+
+def quiet_transfer(variables, src, dst, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        plan = dpiat_jax.plan(src, dst, sample_input=X, **kwargs)
+    return plan, plan.apply(variables, jax.random.key(1))
+
+
+def assert_heads_moved(variables, out, src: FusedHeads, dst: FusedHeads) -> None:
+    src_f, dst_f = (src.heads, src.dim), (dst.heads, dst.dim)
+    p, o = variables["params"], out["params"]
+    for name in "qkv":
+        assert_factored(p[name]["kernel"], o[name]["kernel"], 1, src_f, dst_f)
+        assert_factored(p[name]["bias"], o[name]["bias"], 0, src_f, dst_f)
+    assert_factored(p["o"]["kernel"], o["o"]["kernel"], 0, src_f, dst_f)  # input axis
+    np.testing.assert_array_equal(o["o"]["bias"], p["o"]["bias"])
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [((4, 4), (2, 4)), ((2, 4), (4, 4)), ((2, 4), (3, 4)), ((2, 4), (2, 8)), ((4, 8), (4, 2))],
+)
+def test_heads_in_one_axis_move_as_whole_heads(src, dst):
+    src, dst = FusedHeads(*src), FusedHeads(*dst)
+    variables = noisy(src)
+    plan, out = quiet_transfer(variables, src, dst)
+    assert plan.moves[1].factors == ((1, (src.heads, src.dim), (dst.heads, dst.dim)),)
+    assert_heads_moved(variables, out, src, dst)
+    dst.apply(out, X)
+
+
+def test_fewer_and_more_heads_in_one_axis_are_the_centre_heads():
+    """Spelled out: 4 -> 2 heads keeps source heads 1 and 2; 2 -> 4 puts source heads 0
+    and 1 into target heads 1 and 2 (heads 0 and 3 stay fresh)."""
+    src = FusedHeads(4, 4)
+    variables = noisy(src)
+    _, out = quiet_transfer(variables, src, FusedHeads(2, 4))
+    kernel, shrunk = variables["params"]["q"]["kernel"], out["params"]["q"]["kernel"]
+    np.testing.assert_array_equal(shrunk, kernel[:, 4:12])
+    src = FusedHeads(2, 4)
+    variables = noisy(src)
+    _, out = quiet_transfer(variables, src, FusedHeads(4, 3))  # head_dim 4 -> 3 as well
+    kernel, grown = variables["params"]["k"]["kernel"], out["params"]["k"]["kernel"]
+    np.testing.assert_array_equal(grown[:, 3:6], kernel[:, 0:3])  # target head 1, source 0
+    np.testing.assert_array_equal(grown[:, 6:9], kernel[:, 4:7])  # target head 2, source 1
+
+
+def test_factored_plans_jit_and_round_trip_json():
+    src, dst = FusedHeads(2, 4), FusedHeads(3, 4)
+    variables = noisy(src)
+    plan, out = quiet_transfer(variables, src, dst)
+    jitted = jax.jit(plan.apply)(variables, jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, jitted, out)
+    again = dpiat_jax.TransferPlan.from_json(plan.to_json(), dst)
+    assert again.moves == plan.moves and any(m.factors for m in again.moves)
+    jax.tree.map(np.testing.assert_array_equal, again.apply(variables, jax.random.key(1)), out)
+    assert again._fingerprint(()) == plan._fingerprint(())  # the factors enter it
+    plain = dataclasses.replace(plan, moves=tuple(
+        dataclasses.replace(m, factors=()) for m in plan.moves))  # fmt: skip
+    assert plain._fingerprint(()) != plan._fingerprint(())
+
+
+def test_plan_json_without_factors_still_loads():
+    import json
+
+    plan = dpiat_jax.plan(FusedHeads(2, 4), FusedHeads(3, 4), sample_input=X)
+    data = json.loads(plan.to_json())
+    for move in data["moves"]:
+        del move["factors"]
+    again = dpiat_jax.TransferPlan.from_json(json.dumps(data), FusedHeads(3, 4))
+    assert all(m.factors == () for m in again.moves)
+
+
+@pytest.mark.parametrize("rule", ["magnitude", "uniform"])
+def test_channel_selecting_rules_keep_whole_heads(rule):
+    """A factored axis is no channel dimension: magnitude crops it per factor (as clip),
+    uniform spaces each factor evenly; q, k, v and the output projection keep the same
+    heads either way."""
+    from dpiat_jax.tensors import uniform_indices
+
+    src, dst = FusedHeads(4, 4), FusedHeads(2, 4)
+    variables = noisy(src)
+    _, out = quiet_transfer(variables, src, dst, tensor_rule=rule)
+    heads = [1, 2] if rule == "magnitude" else [int(i) for i in uniform_indices(4, 2)]
+    p, o = variables["params"], out["params"]
+    for name in "qkv":
+        for t, s in enumerate(heads):
+            np.testing.assert_array_equal(
+                o[name]["kernel"][:, 4 * t : 4 * t + 4], p[name]["kernel"][:, 4 * s : 4 * s + 4]
+            )
+    for t, s in enumerate(heads):
+        np.testing.assert_array_equal(
+            o["o"]["kernel"][4 * t : 4 * t + 4], p["o"]["kernel"][4 * s : 4 * s + 4]
+        )
+    dst.apply(out, X)
+
+
+@pytest.mark.parametrize("layout", ["parts", "heads"])
+@pytest.mark.parametrize(("src", "dst"), [((2, 4), (3, 4)), ((4, 4), (2, 4)), ((2, 4), (4, 2))])
+def test_fused_qkv_with_another_head_count(layout, src, dst):
+    """A fused ``(d, 3 * heads * dim)`` projection reshaped to ``(3, heads, dim)`` (or
+    ``(heads, 3 * dim)``): q into q, k into k, v into v, whole heads centred in each."""
+    from test_fused import ReshapedQKV
+
+    src, dst = ReshapedQKV(*src, layout), ReshapedQKV(*dst, layout)
+    variables = noisy(src)
+    plan, out = quiet_transfer(variables, src, dst)
+    order = {"parts": lambda m: (3, m.heads, m.dim), "heads": lambda m: (m.heads, 3, m.dim)}
+    src_f, dst_f = order[layout](src), order[layout](dst)
+    p, o = variables["params"], out["params"]
+    assert_factored(p["qkv"]["kernel"], o["qkv"]["kernel"], 1, src_f, dst_f)
+    assert_factored(p["qkv"]["bias"], o["qkv"]["bias"], 0, src_f, dst_f)
+    assert_factored(
+        p["out"]["kernel"], o["out"]["kernel"], 0, (src.heads, src.dim), (dst.heads, dst.dim)
+    )
+    dst.apply(out, X)
