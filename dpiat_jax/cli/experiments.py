@@ -1,4 +1,4 @@
-"""``dpiat-jax demo``, ``experiment`` and ``methods``: the experiment subcommands.
+"""``dpiat-jax demo``, ``experiment``, ``methods`` and ``lm-growth``: the experiment subcommands.
 
 The experiment modules (models, training, data) are imported inside the subcommand
 functions, so ``dpiat-jax --help`` only pays for importing the package itself.
@@ -185,4 +185,46 @@ def _methods(args: argparse.Namespace) -> int:
         note=args.note,
         verbose=not args.quiet,
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# lm-growth
+# ---------------------------------------------------------------------------
+
+
+def _lm_growth_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", default="results/lm_growth", help="output directory (default: %(default)s)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="override: runs per arm")
+    parser.add_argument("--steps", type=int, default=None, help="override: steps per arm")
+    parser.add_argument("--arms", nargs="+", default=None, help="default: all arms")
+    parser.add_argument("--quick", action="store_true", help="tiny models and steps (tests)")
+
+
+@subcommand(
+    "lm-growth",
+    help="grow a byte-level GPT trained on the standard library's source, by transfer",
+    add_arguments=_lm_growth_args,
+    description=(
+        "Trains a small GPT on bytes of the Python standard library's source, grows it "
+        "(2 -> 4 layers, width 64 -> 128 by default) with each arm (random init, transfer "
+        "with dp and cross, transfer from an untrained source, function-preserving growth) "
+        "and trains every grown model "
+        "for the same steps over several seeds; writes runs.csv, results.md, results.json "
+        "and curves.png (test loss against steps)."
+    ),
+)
+def _lm_growth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from dpiat_jax.experiments.lm_growth import GrowthSettings, run_growth, write_growth
+
+    settings = GrowthSettings().quick() if args.quick else GrowthSettings()
+    overrides = {"seeds": args.seeds, "target_steps": args.steps}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v})
+    result = run_growth(settings, arms=args.arms)
+    out = write_growth(result, args.out, command_line(args))
+    print((out / "results.md").read_text())
     return 0

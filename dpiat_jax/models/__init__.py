@@ -8,6 +8,10 @@ or ``(N, L, C)`` for :class:`CNN1D`, anything flattenable for :class:`MLP`) and 
 :data:`MODELS` maps names to constructors of named configurations; :func:`get_model` builds
 one, with keyword overrides of any field (e.g. ``get_model("resnet18", num_classes=10)``).
 ImageNet architectures default to 1000 classes, the others to 10.
+
+:class:`GPT`, a byte-level decoder for the language-model growth experiment, takes token
+ids ``(batch, length)`` and returns next-token logits; it is not in :data:`MODELS`, whose
+members are classifiers.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dpiat_jax.models.efficientnet import (
     round_filters,
     round_repeats,
 )
+from dpiat_jax.models.gpt import GPT
 from dpiat_jax.models.mlp import MLP
 from dpiat_jax.models.mnasnet import MnasInvertedResidual, MNASNet
 from dpiat_jax.models.mobilenet_v2 import InvertedResidual, MobileNetV2
@@ -109,6 +114,7 @@ __all__ = [
     "CifarResNet",
     "EfficientNet",
     "EncoderBlock",
+    "GPT",
     "InvertedResidual",
     "MBConv",
     "MnasInvertedResidual",
