@@ -43,7 +43,7 @@ COVERAGE_PAIRS = [
     ("cifar_resnet20", "wide_resnet16_4"),
 ]
 MATCHERS = ("dp", "flat", "cross")
-WARM_REPEATS = 7
+WARM_REPEATS = 21
 
 CHILD = """
 import time
@@ -110,9 +110,7 @@ def coverage_rows(pairs: list[tuple[str, str]]) -> str:
         cells = [f"{s} -> {d}"]
         for matcher in MATCHERS:
             r = dpiat_jax.match(variables, src_def, dst_def, sample_input=x, matcher=matcher)
-            cells.append(
-                f"{100 * r.param_coverage:.1f}% ({r.layers_transferred}/{r.layers_total})"
-            )
+            cells.append(f"{100 * r.param_coverage:.1f}% ({r.layers_transferred}/{r.layers_total})")
         r = dpiat_jax.match(variables, src_def, dst_def, sample_input=x, matcher="cross")
         base = dpiat_jax.match(variables, src_def, dst_def, sample_input=x)
         cells += [f"{base.similarity:.3f}", f"{r.similarity:.3f}"]

@@ -274,6 +274,19 @@ class Stage:
     dst_keep: np.ndarray
     rows: int
 
+    @functools.cached_property
+    def keys(self) -> list[tuple[str, int, int, int]]:
+        """Each problem's key in :attr:`Tables.solved`."""
+        pr = self.problems
+        rows = zip(self.kinds, pr.gs.tolist(), pr.gt.tolist(), pr.soff.tolist(), pr.toff.tolist())
+        return [(k, gs, gt, soff if k == "src_run" else toff) for k, gs, gt, soff, toff in rows]
+
+    @functools.cached_property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Per kind, which problems of the batch have it."""
+        kinds = np.array(self.kinds)
+        return {kind: kinds == kind for kind in ("block", "src_run", "dst_run")}
+
 
 def make_stage(src: Side, dst: Side, problems: Problems, kinds: Sequence[str]) -> Stage:
     """Lays out a batch of problems: what :func:`problem_inputs` needs besides values.
@@ -653,13 +666,13 @@ def forward(enc: Encoding) -> Tables:
         table, choices = solve_rows(scores, src_runs, dst_runs, rows=stage.rows, with_choices=True)
         pr = stage.problems
         solved = Solved(pr, scores, choices)
-        rows = zip(stage.kinds, pr.gs.tolist(), pr.gt.tolist(), pr.soff.tolist(), pr.toff.tolist())
-        for p, (kind, gs, gt, soff, toff) in enumerate(rows):
-            tables.solved[(kind, gs, gt, soff if kind == "src_run" else toff)] = (solved, p)
-        kinds = np.array(stage.kinds)
-        _store_src_runs(tables, pr, table, kinds == "src_run")
-        _store_dst_runs(tables, pr, table, kinds == "dst_run")
-        p = np.flatnonzero(kinds == "block")
+        tables.solved.update(zip(stage.keys, ((solved, p) for p in range(len(pr)))))
+        masks = stage.masks
+        if masks["src_run"].any():
+            _store_src_runs(tables, pr, table, masks["src_run"])
+        if masks["dst_run"].any():
+            _store_dst_runs(tables, pr, table, masks["dst_run"])
+        p = np.flatnonzero(masks["block"])
         tables.blocks[pr.gs[p], pr.gt[p]] = table[p, pr.tlen[p], pr.slen[p]]
     return tables
 
