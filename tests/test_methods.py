@@ -116,7 +116,7 @@ def test_combination_parsing():
         ("dp", "clip"),
         ("flat", "magnitude"),
     ]
-    assert len(methods.all_combinations()) == 20
+    assert len(methods.all_combinations()) == 30  # 6 matchers x 5 tensor rules
     assert methods.all_combinations(["flat", "dp"], ["full", "clip"])[0] == ("dp", "clip")
     with pytest.raises(ValueError):
         methods.parse_combinations("dp:nope")

@@ -63,7 +63,7 @@ def test_api_table_lists_exactly_the_public_names():
 def command_rows(text: str) -> dict[str, str]:
     """``dpiat-jax`` subcommand -> its row of README's ``## Command line`` table."""
     section = text.split("## Command line", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `dpiat-jax (\w+)(.*?)$", section, re.MULTILINE)
+    rows = re.findall(r"^\| `dpiat-jax ([\w-]+)(.*?)$", section, re.MULTILINE)
     return {name: rest for name, rest in rows}
 
 

@@ -110,7 +110,7 @@ def test_every_rule_small_to_wide(small_src, wide_fresh, rule):
     # Whatever the rule, the grid is interpolated and the source's D fills the target's.
     pos = np.asarray(out["params"]["pos_embedding"])
     resized = reference_pos(small_src["params"]["pos_embedding"], 65)
-    start = {"clip": 8, "full": 8, "uniform": 8, "magnitude": 0}[rule]
+    start = {"clip": 8, "full": 8, "uniform": 8, "magnitude": 0, "net2net": 0}[rule]
     np.testing.assert_allclose(pos[..., start : start + 32], resized, rtol=1e-5, atol=1e-6)
 
 
