@@ -416,12 +416,10 @@ def growth_markdown(result: GrowthResult, command: str | None = None) -> str:
 
 def plot_growth(result: GrowthResult, path: str | Path) -> None:
     """Plots test loss against steps per arm: the mean over seeds and the min-max band."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend or state
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
     for arm, runs in result.curves.items():
         steps = np.array([s for s, _ in runs[0]])
         losses = np.array([[loss for _, loss in run] for run in runs])
@@ -435,9 +433,7 @@ def plot_growth(result: GrowthResult, path: str | Path) -> None:
         f"on stdlib bytes ({s.seeds} seeds)"
     )
     ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_growth(result: GrowthResult, out: str | Path, command: str | None = None) -> Path:
