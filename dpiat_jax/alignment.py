@@ -76,6 +76,8 @@ __all__ = [
     "kernel_policy",
     "wait_for_compiles",
     "larger",
+    "prefix_sums",
+    "run_weights",
     "solve",
     "tolerance",
     "use_compiled",
@@ -215,8 +217,24 @@ def _column_step(xp, cummax, prev, p, weight, start, with_choices: bool):
     return col, choice.astype(xp.int32)
 
 
-def _run_weights(xp, n: int, dtype):
-    """``(weight, start)`` of :func:`_column_step` for ``N = n``."""
+def run_weights(xp: ModuleType, n: int, dtype) -> tuple[ArrayLike, ArrayLike]:
+    """Returns the run credit and run starts of an ``n``-row programme.
+
+    Shared by every dynamic programme with the published runs (``dp``, ``cross``).
+
+    Args:
+      xp: ``numpy`` or ``jax.numpy``.
+      n: the number of target rows.
+      dtype: the dtype of the weights.
+
+    Returns:
+      ``(weight, start)``, both ``[n, n]``: ``1 / sqrt(i - k + 1)`` and the run start
+      ``k`` (1-based) at ``[i - 1, k - 1]`` where ``k <= i``, 0 elsewhere.
+
+    >>> weight, start = run_weights(np, 2, np.float32)
+    >>> [[round(float(w), 4) for w in row] for row in weight], start.tolist()
+    ([[1.0, 0.0], [0.7071, 1.0]], [[1, 0], [1, 2]])
+    """
     i = xp.arange(1, n + 1)[:, None]
     k = xp.arange(1, n + 1)[None, :]
     valid = k <= i
@@ -224,8 +242,20 @@ def _run_weights(xp, n: int, dtype):
     return weight.astype(dtype), xp.where(valid, k, 0).astype(xp.int32)
 
 
-def _prefix(xp, scores):
-    """``[..., N, M]`` scores -> ``[..., N + 1, M]`` prefix sums over targets."""
+def prefix_sums(xp: ModuleType, scores: ArrayLike) -> ArrayLike:
+    """Returns the prefix sums of element scores over the targets (a run's total is a
+    difference of two of them).
+
+    Args:
+      xp: ``numpy`` or ``jax.numpy``.
+      scores: ``[..., N, M]`` scores, targets on the second-to-last axis.
+
+    Returns:
+      ``[..., N + 1, M]``, zero in the first row.
+
+    >>> prefix_sums(np, np.ones((2, 1))).tolist()
+    [[0.0], [1.0], [2.0]]
+    """
     zero = xp.zeros(scores.shape[:-2] + (1, scores.shape[-1]), scores.dtype)
     return xp.concatenate([zero, xp.cumsum(scores, axis=-2)], axis=-2)
 
@@ -245,9 +275,9 @@ def _dp_columns(scores: jnp.ndarray, m_real: jnp.ndarray, with_choices: bool):
       holds the score of the unpadded problem.
     """
     n, m = scores.shape
-    weight, start = _run_weights(jnp, n, scores.dtype)
+    weight, start = run_weights(jnp, n, scores.dtype)
     cummax = functools.partial(lax.cummax, axis=0)
-    prefix = _prefix(jnp, scores).T  # [M, N + 1]
+    prefix = prefix_sums(jnp, scores).T  # [M, N + 1]
 
     def body(j, carry):
         col, choices = carry
@@ -296,8 +326,8 @@ def _dp_rows(scores: jnp.ndarray, n_real: jnp.ndarray, with_choices: bool):
     loop is shorter when the targets are fewer than the sources.
     """
     n, m = scores.shape
-    weight, start = _run_weights(jnp, n, scores.dtype)
-    prefix = _prefix(jnp, scores)  # [N + 1, M]
+    weight, start = run_weights(jnp, n, scores.dtype)
+    prefix = prefix_sums(jnp, scores)  # [N + 1, M]
 
     def body(i, carry):
         table, choices = carry
@@ -359,9 +389,9 @@ def _depth_numpy(pair_src, pair_dst, tables, next_dst_count, next_scores, extent
     compiling would cost more than the whole alignment.
     """
     scores = _pair_scores(np, pair_src, pair_dst, tables, next_dst_count, np.asarray(next_scores))
-    prefix = _prefix(np, scores)
+    prefix = prefix_sums(np, scores)
     n, m = scores.shape[1], scores.shape[2]
-    weight, start = _run_weights(np, n, np.float32)
+    weight, start = run_weights(np, n, np.float32)
     cummax = functools.partial(np.maximum.accumulate, axis=-1)
     col = np.zeros((scores.shape[0], n + 1), np.float32)
     choices = np.zeros((scores.shape[0], m, n), np.int32) if with_choices else None

@@ -48,6 +48,8 @@ from dpiat_jax.alignment import (
     current_policy,
     index_tree,
     larger,
+    prefix_sums,
+    run_weights,
     tolerance,
     use_compiled,
 )
@@ -404,14 +406,6 @@ def empty_tables(src: Side, dst: Side) -> Tables:
     )
 
 
-def _weights(xp: ModuleType, n: int):
-    """``[N, N]``: ``1 / sqrt(i - k + 1)`` at ``[i - 1, k - 1]`` for ``k <= i``, else 0."""
-    i = np.arange(1, n + 1)[:, None]
-    k = np.arange(1, n + 1)[None, :]
-    w = np.where(k <= i, 1.0 / np.sqrt(np.maximum(i - k + 1, 1)), 0.0).astype(np.float32)
-    return xp.asarray(w)
-
-
 def _best(xp: ModuleType, values, starts):
     """The maximum over axis 1 and, among the values near it, the largest start (the
     shortest run)."""
@@ -476,16 +470,11 @@ def _set_row(xp: ModuleType, array, i, row):
     return array.at[:, i].set(row)
 
 
-def _prefix(xp: ModuleType, scores):
-    zero = xp.zeros((scores.shape[0], 1, scores.shape[2]), scores.dtype)
-    return xp.concatenate([zero, xp.cumsum(scores, axis=1)], axis=1)
-
-
 @functools.partial(jax.jit, static_argnames=("with_choices",))
 def _solve_rows_jit(scores, src_runs, dst_runs, rows, *, with_choices):
     p, n, m = scores.shape
-    prefix = _prefix(jnp, scores)
-    w = _weights(jnp, n)
+    prefix = prefix_sums(jnp, scores)
+    w, _ = run_weights(jnp, n, scores.dtype)
     cummax = functools.partial(lax.cummax, axis=1)
 
     def body(i, carry):
@@ -501,8 +490,8 @@ def _solve_rows_jit(scores, src_runs, dst_runs, rows, *, with_choices):
 
 def _solve_rows_numpy(scores, src_runs, dst_runs, rows, *, with_choices):
     p, n, m = scores.shape
-    prefix = _prefix(np, scores)
-    w = _weights(np, n)
+    prefix = prefix_sums(np, scores)
+    w, _ = run_weights(np, n, np.float32)
     cummax = functools.partial(np.maximum.accumulate, axis=1)
     table = np.zeros((p, n + 1, m + 1), np.float32)
     choices = np.zeros((p, n, m), np.int32) if with_choices else None
