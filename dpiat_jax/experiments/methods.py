@@ -266,6 +266,7 @@ def run_methods(
     note: str | None = None,
     log: Log | None = None,
     verbose: bool = True,
+    data_dir: str | os.PathLike | None = None,
 ) -> MethodsResult:
     """Run the experiment protocol of ``config`` once per ``(matcher, tensor_rule)``.
 
@@ -284,6 +285,8 @@ def run_methods(
       note: A remark recorded with the tables (e.g. why combinations were left out).
       log: Progress printer (default: ``print`` with flush).
       verbose: Log every training run, not only each combination's summary.
+      data_dir: As for ``run_experiment``: a local TFDS data directory, read without
+        downloading and kept out of the cache keys.
 
     Returns:
       A :class:`MethodsResult` (its ``files`` are the tables written).
@@ -296,7 +299,8 @@ def run_methods(
     cfg = effective_config(
         config, repetitions=repetitions, epochs=epochs, max_pairs=max_pairs, quick=quick
     )
-    setup = prepare(cfg, out_dir, log, write_config=not (Path(out_dir) / "config.json").exists())
+    write_config = not (Path(out_dir) / "config.json").exists()
+    setup = prepare(cfg, out_dir, log, write_config=write_config, data_dir=data_dir)
     summaries, errors, seconds = _run_combinations(setup, combos, log, run_log)
     ratios = {m: mean_ratios(summary, cfg.epochs) for m, summary in summaries.items()}
     result = MethodsResult(

@@ -194,6 +194,7 @@ def run_experiment(
     resume: bool = True,
     command: str | None = None,
     log: Log | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> ExperimentResult:
     """Run the transfer-versus-random protocol of a config and write its results.
 
@@ -212,6 +213,10 @@ def run_experiment(
       resume: Reuse finished runs recorded in ``runs.jsonl`` with identical settings.
       command: The command line, recorded in ``results.md``.
       log: Progress printer (default: ``print`` with flush).
+      data_dir: A local TFDS data directory holding the config's dataset (e.g. CIFAR-10
+        prepared by ``tfds build``); it is read from there and never downloaded. It is
+        not part of the config or of any cache key: the same data in another folder
+        reuses the same sources and runs.
 
     Returns:
       An :class:`ExperimentResult`.
@@ -222,7 +227,7 @@ def run_experiment(
         config, repetitions=repetitions, epochs=epochs, max_pairs=max_pairs, quick=quick
     )
     # 1. Sources.
-    setup = prepare(cfg, out_dir, log)
+    setup = prepare(cfg, out_dir, log, data_dir=data_dir)
     # 2. Similarity and matching report of every pair.
     pair_info = _match_pairs(setup, log)
     # 3. Training runs, grouped by target so each (target, E) compiles once.

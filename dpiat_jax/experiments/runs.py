@@ -14,8 +14,10 @@ transfer's own fresh initialisation is exactly the random initialisation it is c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -37,6 +39,7 @@ __all__ = [
     "Log",
     "Setup",
     "Trainer",
+    "code_version",
     "digest",
     "load_dataset",
     "load_run_cache",
@@ -64,6 +67,35 @@ def digest(obj: Any) -> str:
         16 hex digits of the SHA-1 of its sorted-keys JSON.
     """
     return hashlib.sha1(json.dumps(thaw(obj), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Modules whose changes cannot change a run: the command line, tables and plots.
+_NOT_IN_CODE_VERSION = ("cli", "report", "plotting", "evidence_report")
+
+
+@functools.cache
+def code_version() -> str:
+    """Return a hash of the package's source files that can change a run's result.
+
+    Every cached run and source checkpoint is keyed by it, so a run made by other code
+    (another matcher, tensor rule, training loop or model) is never reused: a changed
+    file means the run is trained again. The command line and the report modules are
+    left out (they only read runs).
+
+    Returns:
+        16 hex digits of the SHA-1 of the ``.py`` files' relative paths and bytes.
+
+    >>> len(code_version())
+    16
+    """
+    root = Path(dj.__file__).parent
+    h = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(part.removesuffix(".py") in _NOT_IN_CODE_VERSION for part in rel.parts):
+            continue
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def stable_int(text: str) -> int:
@@ -203,16 +235,30 @@ class Trainer:
         )
 
 
-def load_dataset(cfg: ExperimentConfig) -> data.Dataset:
+def load_dataset(cfg: ExperimentConfig, data_dir: str | os.PathLike | None = None) -> data.Dataset:
     """Return the config's dataset, truncated to ``max_train``/``max_test`` if set.
+
+    ``data_dir`` is an argument beside the config, not a config field: the same data in
+    another folder gives the same runs, so it stays out of every cache key.
 
     Args:
         cfg: the experiment config.
+        data_dir: a local TFDS data directory holding the prepared dataset; a TFDS dataset
+            is then read from it without any download (see
+            :func:`~dpiat_jax.experiments.data.load`). ``None``: the config's
+            ``dataset_kwargs`` decide.
 
     Returns:
         The loaded :class:`~dpiat_jax.experiments.data.Dataset`.
+
+    Raises:
+        dpiat_jax.experiments.data.DataNotFoundError: when ``data_dir`` does not hold the
+            dataset in a readable form.
     """
-    dataset = data.load(cfg.dataset, **dict(cfg.dataset_kwargs))
+    kwargs = dict(cfg.dataset_kwargs)
+    if data_dir is not None:
+        kwargs["data_dir"] = data_dir
+    dataset = data.load(cfg.dataset, **kwargs)
     if cfg.max_train is not None or cfg.max_test is not None:
         dataset = dataset.take(cfg.max_train, cfg.max_test)
     return dataset
@@ -240,6 +286,7 @@ def pretrain_source(
     epochs = cfg.pretrain_epochs(name)
     seed = cfg.seed + stable_int("source:" + name) % 10_000
     key = {
+        "code": code_version(),
         "dataset": cfg.dataset,
         "dataset_kwargs": dict(cfg.dataset_kwargs),
         "max_train": cfg.max_train,
@@ -299,7 +346,12 @@ class Setup:
 
 
 def prepare(
-    cfg: ExperimentConfig, out_dir: str | Path, log: Log, *, write_config: bool = True
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    log: Log,
+    *,
+    write_config: bool = True,
+    data_dir: str | os.PathLike | None = None,
 ) -> Setup:
     """Load the dataset and pretrain (or restore) every source of ``cfg``.
 
@@ -308,6 +360,8 @@ def prepare(
         out_dir: the output folder (created).
         log: progress printer.
         write_config: write ``config.json`` into the folder.
+        data_dir: a local TFDS data directory to read the dataset from, without
+            downloading (:func:`load_dataset`); not part of any cache key.
 
     Returns:
         The :class:`Setup` the runs need.
@@ -316,7 +370,7 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     if write_config:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    dataset = load_dataset(cfg)
+    dataset = load_dataset(cfg, data_dir)
     log(
         f"experiment {cfg.name}: {dataset.name} {dataset.input_shape}, "
         f"{dataset.num_train} train / {dataset.num_test} test; {len(cfg.pairs)} pairs, "
@@ -369,6 +423,7 @@ def _run_key(
     """
     cfg = setup.cfg
     key = {
+        "code": code_version(),
         "dataset": cfg.dataset,
         "dataset_kwargs": dict(cfg.dataset_kwargs),
         "max_train": cfg.max_train,

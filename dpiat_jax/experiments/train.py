@@ -334,6 +334,7 @@ def make_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     schedule: str = "cosine",
+    warmup_steps: int = 0,
 ) -> optax.GradientTransformation:
     """Builds the optimiser used by :func:`fit`.
 
@@ -346,12 +347,25 @@ def make_optimizer(
       weight_decay: L2 penalty added to the gradient for SGD; decoupled decay
         for Adam.
       schedule: ``"cosine"`` or ``"constant"``.
+      warmup_steps: Steps of a linear warm-up from 0 to ``learning_rate`` before the
+        schedule (the cosine then decays over the remaining steps).
 
     Returns:
       An Optax gradient transformation.
     """
-    if schedule == "cosine":
+    warmup_steps = max(int(warmup_steps), 0)
+    if schedule == "cosine" and warmup_steps:
+        lr = optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, warmup_steps, max(total_steps, warmup_steps + 1)
+        )
+    elif schedule == "cosine":
         lr = optax.cosine_decay_schedule(learning_rate, decay_steps=max(total_steps, 1))
+    elif schedule == "constant" and warmup_steps:
+        lr = optax.join_schedules(
+            [optax.linear_schedule(0.0, learning_rate, warmup_steps),
+             optax.constant_schedule(learning_rate)],
+            [warmup_steps],
+        )  # fmt: skip
     elif schedule == "constant":
         lr = optax.constant_schedule(learning_rate)
     else:
