@@ -97,7 +97,9 @@ def test_quick_and_overrides():
     assert cfg.max_train == 512 and max(cfg.pretrain_epochs(s) for s in cfg.sources) <= 2
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist1d", "cifar10", "cifar100"])
+@pytest.mark.parametrize(
+    "name", ["digits", "mnist1d", "cifar10", "cifar100", "digits16", "mnist1d_noisy"]
+)
 def test_shipped_configs(name):
     cfg = load_config(name)
     assert name in experiment.available_configs()
@@ -117,6 +119,8 @@ def test_shipped_configs(name):
     [
         ("digits", (8, 8, 1), 10),
         ("mnist1d", (40, 1), 10),
+        ("digits16", (16, 16, 1), 10),
+        ("mnist1d_noisy", (40, 1), 10),
         pytest.param("cifar10", (32, 32, 3), 10, marks=pytest.mark.slow),
         pytest.param("cifar100", (32, 32, 3), 100, marks=pytest.mark.slow),
     ],

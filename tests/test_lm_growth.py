@@ -12,11 +12,11 @@ from dpiat_jax.experiments import corpus as corpus_lib
 from dpiat_jax.experiments.lm_growth import (
     ARMS,
     GrowthSettings,
-    bootstrap_interval,
     run_growth,
     summarise,
     write_growth,
 )
+from dpiat_jax.experiments.stats import bootstrap_interval
 from dpiat_jax.models import GPT
 
 

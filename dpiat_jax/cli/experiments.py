@@ -1,4 +1,5 @@
-"""``dpiat-jax demo``, ``experiment``, ``methods`` and ``lm-growth``: the experiment subcommands.
+"""``dpiat-jax demo``, ``experiment``, ``methods``, ``evidence`` and ``lm-growth``: the
+experiment subcommands.
 
 The experiment modules (models, training, data) are imported inside the subcommand
 functions, so ``dpiat-jax --help`` only pays for importing the package itself.
@@ -7,10 +8,41 @@ functions, so ``dpiat-jax --help`` only pays for importing the package itself.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
 from dpiat_jax.cli.registry import command_line, subcommand
 
 __all__: list[str] = []
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data-dir``: read a TFDS dataset from a local folder, never downloading."""
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="a local TFDS data directory that holds the config's dataset (cifar10, "
+        "cifar100) in the array_record format, e.g. one made by `tfds build`; the dataset "
+        "is read from there and never downloaded, and the folder is not part of the run "
+        "cache keys. The offline configs (digits, mnist1d) ignore it",
+    )
+
+
+def _without_missing_data(command: str, body: Callable[[], int]) -> int:
+    """Run ``body``; a dataset missing from ``--data-dir`` becomes one message and status 2.
+
+    Returns:
+        ``body()``'s exit status, or 2 with the message (the folder searched and how to
+        prepare the dataset there) on stderr instead of a traceback.
+    """
+    from dpiat_jax.experiments.data import DataNotFoundError
+
+    try:
+        return body()
+    except DataNotFoundError as err:
+        print(f"dpiat-jax {command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------------------
@@ -83,6 +115,7 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
         help="rerun every target training instead of reusing finished runs (runs.jsonl); "
         "source checkpoints are still reused",
     )
+    _add_data_dir(parser)
 
 
 @subcommand(
@@ -103,17 +136,22 @@ def _experiment(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     out = args.out or os.path.join("runs", "experiments", config.name)
-    run_experiment(
-        config,
-        out,
-        repetitions=args.repetitions,
-        epochs=args.epochs,
-        max_pairs=args.max_pairs,
-        quick=args.quick,
-        resume=not args.no_resume,
-        command=command_line(args),
-    )
-    return 0
+
+    def body() -> int:
+        run_experiment(
+            config,
+            out,
+            repetitions=args.repetitions,
+            epochs=args.epochs,
+            max_pairs=args.max_pairs,
+            quick=args.quick,
+            resume=not args.no_resume,
+            command=command_line(args),
+            data_dir=args.data_dir,
+        )
+        return 0
+
+    return _without_missing_data("experiment", body)
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +185,7 @@ def _methods_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="shortened protocol (tests)")
     parser.add_argument("--quiet", action="store_true", help="log only combination summaries")
     parser.add_argument("--note", default=None, help="a remark recorded with the tables")
+    _add_data_dir(parser)
 
 
 @subcommand(
@@ -172,25 +211,84 @@ def _methods(args: argparse.Namespace) -> int:
         combos = parse_combinations(args.combinations)
     else:
         combos = all_combinations(args.matchers, args.tensor_rules)
-    run_methods(
-        config,
-        out,
-        combinations=combos,
-        methods_dir=args.methods_dir,
-        repetitions=args.repetitions,
-        epochs=args.epochs,
-        max_pairs=args.max_pairs,
-        quick=args.quick,
-        command=command_line(args),
-        note=args.note,
-        verbose=not args.quiet,
-    )
-    return 0
+
+    def body() -> int:
+        run_methods(
+            config,
+            out,
+            combinations=combos,
+            methods_dir=args.methods_dir,
+            repetitions=args.repetitions,
+            epochs=args.epochs,
+            max_pairs=args.max_pairs,
+            quick=args.quick,
+            command=command_line(args),
+            note=args.note,
+            verbose=not args.quiet,
+            data_dir=args.data_dir,
+        )
+        return 0
+
+    return _without_missing_data("methods", body)
 
 
 # ---------------------------------------------------------------------------
 # lm-growth
 # ---------------------------------------------------------------------------
+
+
+def _evidence_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a JSON config file or a shipped config name")
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: results/evidence/<config name>)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="override: seeds per start")
+    parser.add_argument("--max-pairs", type=int, default=None, help="keep the first N pairs")
+    parser.add_argument("--quick", action="store_true", help="shortened protocol (tests)")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="ignore runs cached in OUT/runs.jsonl"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_data_dir(parser)
+
+
+@subcommand(
+    "evidence",
+    help="learning curves of transfer against random init and controls, with intervals",
+    add_arguments=_evidence_args,
+    description=(
+        "The evidence protocol: every start of a target (random, transfer with each matcher, "
+        "transfer from an untrained source, random init trained for the source's compute "
+        "too, and each source trained on from itself) is trained one run per seed and "
+        "evaluated at fixed step budgets; writes results.md (paired area ratios with 95%% "
+        "bootstrap intervals, Spearman's rho of similarity and coverage against the gain), "
+        "results.json, runs.csv, pairs.csv, curves.png, ratios.png and similarity.png. "
+        "Settings: the config's `evidence` object."
+    ),
+)
+def _evidence(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dpiat_jax.experiments.config import load_config
+    from dpiat_jax.experiments.evidence_report import run_evidence
+
+    def body() -> int:
+        out = args.out or str(Path("results") / "evidence" / load_config(args.config).name)
+        run_evidence(
+            args.config,
+            out,
+            seeds=args.seeds,
+            max_pairs=args.max_pairs,
+            quick=args.quick,
+            resume=not args.no_resume,
+            data_dir=args.data_dir,
+            log=(lambda m: None) if args.quiet else None,
+            command=command_line(args),
+        )
+        print((Path(out) / "results.md").read_text())
+        return 0
+
+    return _without_missing_data("evidence", body)
 
 
 def _lm_growth_args(parser: argparse.ArgumentParser) -> None:

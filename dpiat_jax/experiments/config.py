@@ -25,6 +25,7 @@ from dpiat_jax.models import MODELS, get_model
 
 __all__ = [
     "TRAIN_KEYS",
+    "EvidenceSettings",
     "ExperimentConfig",
     "ModelSpec",
     "PairSpec",
@@ -178,6 +179,75 @@ class PairSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvidenceSettings:
+    """The evidence protocol's settings (a config's ``evidence`` object).
+
+    See :mod:`dpiat_jax.experiments.evidence`. Every target start is trained one run of
+    ``budget_epochs`` per seed and evaluated at step 0 and after each of ``eval_epochs``.
+
+    Attributes:
+      budget_epochs: epochs of one target run.
+      eval_epochs: evaluation points, in epochs (those above the budget are dropped).
+      seeds: runs per start (at least 5 for the published tables).
+      warmup_fraction: linear learning-rate warm-up, as a fraction of the run's steps.
+      recompute_bn: recompute BatchNorm statistics before each evaluation, for every arm.
+      matchers: the matchers whose transfers are compared (the first is the one the
+        untrained-source control uses).
+      controls: any of ``"untrained"`` (transfer from a fresh source of the same
+        architecture), ``"self"`` (each source trained on from itself: the upper bound)
+        and ``"compute_matched"`` (random init trained the source's epochs plus the budget).
+      level: the fraction of the source's test accuracy that "steps to reach" counts.
+    """
+
+    budget_epochs: float = 4.0
+    eval_epochs: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    seeds: int = 5
+    warmup_fraction: float = 0.05
+    recompute_bn: bool = True
+    matchers: tuple[str, ...] = ("dp", "cross")
+    controls: tuple[str, ...] = ("untrained", "self", "compute_matched")
+    level: float = 0.9
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvidenceSettings:
+        """Return the validated settings of a config's ``evidence`` object.
+
+        Args:
+            d: the JSON object; missing keys take the defaults.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: for an unknown key or control, or a non-positive budget or seed count.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"evidence: unknown keys {sorted(unknown)}; known: {sorted(fields)}.")
+        kwargs = dict(d)
+        for key in ("eval_epochs", "matchers", "controls"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        settings = cls(**kwargs)
+        bad = set(settings.controls) - {"untrained", "self", "compute_matched"}
+        if bad:
+            raise ValueError(
+                f"evidence.controls: unknown {sorted(bad)}; use untrained, self, compute_matched."
+            )
+        if settings.budget_epochs <= 0 or settings.seeds < 1 or not settings.matchers:
+            raise ValueError(
+                "evidence: budget_epochs must be positive, seeds at least 1 and matchers "
+                f"non-empty; got {settings}."
+            )
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON object of the settings."""
+        return thaw(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """An experiment: dataset, sources, targets, pairs and the training protocol.
 
@@ -209,6 +279,7 @@ class ExperimentConfig:
     max_test: int | None = None
     eval_batch_size: int = 256
     description: str = ""
+    evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
@@ -247,6 +318,7 @@ class ExperimentConfig:
             )
         kwargs["pretrain"] = dict(d.get("pretrain") or {})
         kwargs["dataset_kwargs"] = dict(d.get("dataset_kwargs") or {})
+        kwargs["evidence"] = dict(d.get("evidence") or {})
         config = cls(**kwargs)
         config.validate()
         return config
@@ -287,6 +359,11 @@ class ExperimentConfig:
             for k, spec in specs.items():
                 if spec.model not in MODELS:
                     raise ValueError(f"{group}.{k}: unknown model {spec.model!r}.")
+        self.evidence_settings()
+
+    def evidence_settings(self) -> EvidenceSettings:
+        """Return the evidence protocol's settings (the ``evidence`` object's, else defaults)."""
+        return EvidenceSettings.from_dict(self.evidence)
 
     def train_settings(self) -> dict[str, Any]:
         """Return the training settings of the target runs (the keys of :data:`TRAIN_KEYS`)."""

@@ -39,13 +39,13 @@ import optax
 
 import dpiat_jax
 from dpiat_jax.experiments import corpus as corpus_lib
+from dpiat_jax.experiments.stats import bootstrap_interval
 from dpiat_jax.models import GPT
 
 __all__ = [
     "ARMS",
     "GrowthResult",
     "GrowthSettings",
-    "bootstrap_interval",
     "growth_markdown",
     "plot_growth",
     "run_growth",
@@ -228,30 +228,6 @@ ARMS: dict[str, Arm] = {
     "untrained source": _transfer("dp", untrained=True),
     "net2net + identity": _transfer("dp", tensor_rule="net2net", deepen="identity"),
 }
-
-
-def bootstrap_interval(
-    values: Sequence[float], *, samples: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Returns the mean and a 95% percentile-bootstrap interval of the mean.
-
-    Args:
-      values: one value per seed.
-      samples: bootstrap resamples.
-      seed: the resampling's seed (fixed: the same values give the same interval).
-
-    Returns:
-      ``(mean, low, high)``; with one value, all three equal it.
-
-    >>> bootstrap_interval([1.0, 1.0, 1.0])
-    (1.0, 1.0, 1.0)
-    """
-    x = np.asarray(values, np.float64)
-    if len(x) < 2:
-        return (float(x.mean()),) * 3
-    means = x[np.random.default_rng(seed).integers(0, len(x), (samples, len(x)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(x.mean()), float(low), float(high)
 
 
 @dataclasses.dataclass(frozen=True)
