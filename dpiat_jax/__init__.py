@@ -24,13 +24,18 @@ from dpiat_jax.api import (
     transfer,
 )
 from dpiat_jax.blocks import to_spec_tree
+from dpiat_jax.coverage import LowCoverageWarning
 from dpiat_jax.layers import Layer, ModuleNode
 from dpiat_jax.matchers import MATCHERS, align, get_matcher
 from dpiat_jax.matching import MatchReport
 from dpiat_jax.plan import TransferPlan, plan
 from dpiat_jax.spec import LayerSpec
+from dpiat_jax.structure import StructureWarning
 from dpiat_jax.tensors import TENSOR_RULES, clip, get_tensor_rule
+from dpiat_jax.trace.inference import InputInferenceWarning
 from dpiat_jax.trace.inputs import Inputs
+from dpiat_jax.trace.linen import UntracedModuleWarning
+from dpiat_jax.trace.sown import IgnoredCollectionWarning
 
 __version__ = "0.1.0"
 
@@ -38,12 +43,17 @@ __all__ = [
     "MATCHERS",
     "TENSOR_RULES",
     "Alignment",
+    "IgnoredCollectionWarning",
+    "InputInferenceWarning",
     "Inputs",
     "Layer",
     "LayerSpec",
+    "LowCoverageWarning",
     "MatchReport",
     "ModuleNode",
+    "StructureWarning",
     "TransferPlan",
+    "UntracedModuleWarning",
     "align",
     "clip",
     "enable_compilation_cache",

@@ -76,6 +76,41 @@ def test_mnist1d_offline_shapes_determinism_and_no_side_effects(no_network, tmp_
     assert not np.array_equal(ds.x_train, other.x_train)
 
 
+def test_harder_digits(digits):
+    hard = data.load_digits(size=12, noise=0.3, max_shift=2, copies=2)
+    assert hard.input_shape == (12, 12, 1) and hard.name == "digits12"
+    # The same split as the raw digits, drawn before the copies: no test digit in training.
+    assert hard.num_train == 2 * digits.num_train and hard.num_test == digits.num_test
+    np.testing.assert_array_equal(hard.y_train, np.tile(digits.y_train, 2))
+    np.testing.assert_array_equal(hard.y_test, digits.y_test)
+    assert hard.x_train.dtype == np.float32
+    # Two copies of a digit differ (shift and noise), and the data are a pure function.
+    n = digits.num_train
+    assert not np.array_equal(hard.x_train[:n], hard.x_train[n:])
+    again = data.load_digits(size=12, noise=0.3, max_shift=2, copies=2)
+    np.testing.assert_array_equal(hard.x_test, again.x_test)
+    # Without noise or shift, the copies are the resized digits themselves.
+    plain = data.load_digits(copies=2)
+    np.testing.assert_allclose(plain.x_train, np.concatenate([digits.x_train] * 2), atol=1e-6)
+    np.testing.assert_allclose(plain.x_test, digits.x_test, atol=1e-6)
+    # Through the config path: data.load passes the keyword arguments on.
+    assert data.load("digits", size=12, noise=0.3, max_shift=2).input_shape == (12, 12, 1)
+
+
+def test_mnist1d_noise_scale(no_network):
+    base = data.load_mnist1d(num_samples=300)
+    noisy = data.load_mnist1d(num_samples=300, noise_scale=3.0)
+    np.testing.assert_array_equal(base.y_train, noisy.y_train)
+    assert not np.allclose(base.x_train, noisy.x_train)
+    clean = data.load_mnist1d(num_samples=300, noise_scale=0.0)
+
+    # The noise is what the scale multiplies: less of it, closer to the noiseless signal.
+    def distance(ds):
+        return np.abs(ds.x_train - clean.x_train).mean()
+
+    assert distance(noisy) > distance(base)
+
+
 def test_mnist1d_default_size():
     ds = data.load("mnist1d")
     assert (ds.num_train, ds.num_test) == (4000, 1000)

@@ -146,7 +146,7 @@ def test_settings_validation():
     assert dataclasses.astuple(quick)[:3] == (1.0, (0.5, 1.0), 1)
 
 
-@pytest.mark.parametrize("name", ["digits16", "mnist1d_noisy"])
+@pytest.mark.parametrize("name", ["digits_hard", "mnist1d_noisy"])
 def test_shipped_evidence_configs(name):
     cfg = load_config(name)
     settings = cfg.evidence_settings()

@@ -98,7 +98,7 @@ def test_quick_and_overrides():
 
 
 @pytest.mark.parametrize(
-    "name", ["digits", "mnist1d", "cifar10", "cifar100", "digits16", "mnist1d_noisy"]
+    "name", ["digits", "mnist1d", "cifar10", "cifar100", "digits_hard", "mnist1d_noisy"]
 )
 def test_shipped_configs(name):
     cfg = load_config(name)
@@ -119,7 +119,7 @@ def test_shipped_configs(name):
     [
         ("digits", (8, 8, 1), 10),
         ("mnist1d", (40, 1), 10),
-        ("digits16", (16, 16, 1), 10),
+        ("digits_hard", (12, 12, 1), 10),
         ("mnist1d_noisy", (40, 1), 10),
         pytest.param("cifar10", (32, 32, 3), 10, marks=pytest.mark.slow),
         pytest.param("cifar100", (32, 32, 3), 100, marks=pytest.mark.slow),

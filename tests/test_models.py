@@ -63,6 +63,7 @@ SMALL_MODELS: dict[str, tuple[tuple[int, ...], dict]] = {
     "vgg_small": ((2, 8, 8, 1), {}),
     "mlp": ((2, 8, 8, 1), {"dropout_rate": 0.1}),
     "cnn1d": ((2, 40), {}),
+    "resnet1d": ((2, 40), {"stage_sizes": (1, 1), "channels": (4, 8)}),
     "vit_tiny": ((2, 32, 32, 3), {"depth": 2, "dropout_rate": 0.1}),
 }
 
@@ -73,10 +74,10 @@ FULL_SIZE_FORWARD = ["mobilenet_v2", "efficientnet_b0", "mnasnet", "vgg11", "vit
 
 def _input_shape(name: str) -> tuple[int, ...]:
     """Return the input shape used to build ``name`` abstractly (224x224 for ImageNet nets)."""
+    if name in ("cnn1d", "resnet1d"):
+        return (1, 40)
     if name.startswith(IMAGENET_PREFIXES):
         return (1, 224, 224, 3)
-    if name == "cnn1d":
-        return (1, 40)
     return (1, 32, 32, 3)
 
 

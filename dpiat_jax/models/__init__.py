@@ -1,9 +1,10 @@
 """Flax linen model zoo: the architectures DPIAT transfers between.
 
 Every model is called as ``model.apply(variables, x, train=...)`` with NHWC images (``(N, L)``
-or ``(N, L, C)`` for :class:`CNN1D`, anything flattenable for :class:`MLP`) and returns logits
-``(batch, num_classes)``. ``train=True`` updates batch statistics (pass
-``mutable=["batch_stats"]``) and enables dropout / stochastic depth (pass a ``"dropout"`` rng).
+or ``(N, L, C)`` for :class:`CNN1D` and :class:`ResNet1D`, anything flattenable for
+:class:`MLP`) and returns logits ``(batch, num_classes)``. ``train=True`` updates batch
+statistics (pass ``mutable=["batch_stats"]``) and enables dropout / stochastic depth (pass a
+``"dropout"`` rng).
 
 :data:`MODELS` maps names to constructors of named configurations; :func:`get_model` builds
 one, with keyword overrides of any field (e.g. ``get_model("resnet18", num_classes=10)``).
@@ -39,6 +40,7 @@ from dpiat_jax.models.mlp import MLP
 from dpiat_jax.models.mnasnet import MnasInvertedResidual, MNASNet
 from dpiat_jax.models.mobilenet_v2 import InvertedResidual, MobileNetV2
 from dpiat_jax.models.resnet import RESNET_STAGES, BasicBlock, Bottleneck, ResNet, resnet
+from dpiat_jax.models.resnet1d import BasicBlock1D, ResNet1D
 from dpiat_jax.models.vgg import VGG, VGG_CONFIGS
 from dpiat_jax.models.vit import EncoderBlock, ViT
 from dpiat_jax.models.wide_resnet import WideBasicBlock, WideResNet
@@ -68,6 +70,7 @@ def _build_registry() -> dict[str, Callable[..., nn.Module]]:
     models["vgg_small"] = partial(VGG, cfg=VGG_CONFIGS["vgg_small"])
     models["mlp"] = MLP
     models["cnn1d"] = CNN1D
+    models["resnet1d"] = ResNet1D
     models["vit_tiny"] = partial(ViT, patch_size=4, dim=192, depth=12, num_heads=3, mlp_dim=768)
     return models
 
@@ -101,6 +104,7 @@ def get_model(name: str, **overrides: object) -> nn.Module:
 
 __all__ = [
     "CNN1D",
+    "ResNet1D",
     "EFFICIENTNET_PARAMS",
     "MLP",
     "MNASNet",
@@ -109,6 +113,7 @@ __all__ = [
     "VGG",
     "VGG_CONFIGS",
     "BasicBlock",
+    "BasicBlock1D",
     "Bottleneck",
     "CifarBasicBlock",
     "CifarResNet",
