@@ -58,7 +58,13 @@ from dpiat_jax.variables import (
     plan_moves,
     written_scalars,
 )
-from dpiat_jax.widening import WidenedSpace, plan_widening, widened_moves, widened_sources
+from dpiat_jax.widening import (
+    WidenedSpace,
+    plan_widening,
+    widened_moves,
+    widened_sources,
+    width_free,
+)
 
 __all__ = ["TransferPlan", "plan", "build_plan"]
 
@@ -752,6 +758,8 @@ def plan_traced(
     _nonempty(src_blocks, "src_def")
     _nonempty(dst_blocks, "dst_def")
     src_spec, dst_spec = to_spec_tree(src_blocks), to_spec_tree(dst_blocks)
+    if options.rule.widen is not None:  # growth: layers correspond in order, not by width
+        src_spec, dst_spec = width_free(src_spec), width_free(dst_spec)
     # The alignment runs on the host; inside a user's jit it must not be staged out.
     with jax.ensure_compile_time_eval():
         result = align(src_spec, dst_spec, options.matcher, rng=_matcher_rng(rng, options))

@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
+from dpiat_jax.kinds import is_conv, is_depthwise_conv
+from dpiat_jax.spec import LayerSpec
 from dpiat_jax.types import PRNGKey
 
 if TYPE_CHECKING:  # annotations only: tensors.py imports this module
@@ -62,6 +64,7 @@ __all__ = [
     "WidenedAxis",
     "WidenedSpace",
     "growth_mapping",
+    "width_free",
     "widen",
     "plan_widening",
     "widened_moves",
@@ -71,6 +74,36 @@ __all__ = [
 #: One dimension to widen: ``(axis, mapping, consumes)``; ``mapping[j]`` is the source
 #: channel target channel ``j`` copies, ``consumes`` divides by the copy counts.
 WidenedAxis = tuple[int, jax.Array, bool]
+
+
+def width_free(tree: object) -> object:
+    """Return a spec tree with every channel size set to 1: layers compared by kind and window.
+
+    The published score prefers equal shapes, so against a target twice as wide the
+    alignment pairs each target stage with the *next* source stage (whose widths are the
+    target's), and the grown network cannot compute the source's function. A widening rule
+    asks for the opposite: the target is the source grown, and its layers correspond in
+    order. Matched on these specs, two layers of one kind score by their convolution
+    windows alone (a 3x3 conv still prefers a 3x3 one to a 1x1), so the programme aligns
+    the block trees by their structure. :func:`dpiat_jax.plan` uses it for a rule with a
+    ``widen`` function (``net2net``).
+
+    Args:
+        tree: a spec tree (nested lists of :class:`~dpiat_jax.spec.LayerSpec`).
+
+    Returns:
+        The same tree with each shape's channel sizes (the last two of a convolution
+        kernel, every size of another tensor) replaced by 1; placeholders stay empty.
+
+    >>> width_free([LayerSpec("conv2d", (3, 3, 16, 32)), [LayerSpec("dense", (32, 10))]])
+    [LayerSpec(kind='conv2d', shape=(3, 3, 1, 1)), [LayerSpec(kind='dense', shape=(1, 1))]]
+    """
+    if isinstance(tree, LayerSpec):
+        shape = tree.shape
+        conv = is_conv(tree.kind) or is_depthwise_conv(tree.kind)
+        window = shape[:-2] if conv and len(shape) > 2 else ()
+        return LayerSpec(tree.kind, (*window, *(1,) * (len(shape) - len(window))))
+    return [width_free(t) for t in tree]
 
 
 def _key(rng: PRNGKey | int | None) -> PRNGKey:

@@ -51,6 +51,9 @@ def test_arms_and_rows(tiny_run):
             for arm in ("transfer dp", "transfer cross", "untrained source"):
                 assert (arm, pair, seed) in arms
         assert ("self", "mlp_s -> mlp_s", seed) in arms
+        # Function-preserving growth within the family only.
+        assert ("net2net + identity", "mlp_s -> mlp_t", seed) in arms
+        assert ("net2net + identity", "mlp_s -> vgg_t", seed) not in arms
     # 4 steps per epoch (256 / 64): a budget of 8 steps, evaluated at 0, 2, 4, 8.
     assert result.steps_per_epoch == 4
     budget = [r for r in result.rows if r["arm"] == "random"]
@@ -130,7 +133,11 @@ def test_cache_is_keyed_by_code(tiny_run, monkeypatch):
     # Other code: nothing is reused (a one-pair, one-seed rerun to keep the test short).
     monkeypatch.setattr(evidence, "code_version", lambda: "other code")
     other = evidence.run_evidence_runs(TINY, out, max_pairs=1, seeds=1, log=lambda m: None)
-    assert not any(r["cached"] for r in other.rows if r["arm"] != "transfer cross")
+    seen = set()
+    for row in other.rows:  # the first run of every start is trained; equal starts share it
+        run = (row["target"], row["start"], row["steps"])
+        assert row["cached"] == (run in seen), row["arm"]
+        seen.add(run)
 
 
 def test_settings_validation():

@@ -152,6 +152,42 @@ def test_widened_resnet_computes_the_source_function():
     assert _max_rel(a, b) < RTOL
 
 
+@pytest.mark.parametrize(
+    "src, dst",
+    [((14, 8), (14, 16)), ((8, 4), (8, 8)), ((8, 4), (14, 6)), ((8, 4), (14, 8))]
+    + [((8, 4), (20, 8))],
+)
+def test_growth_keeps_the_function_when_widths_match_another_stage(src, dst):
+    # At 2x width each target stage has the shapes of the next source stage; the published
+    # score would pair them, and the grown network would not compute the source's function.
+    x = jax.random.normal(jax.random.key(3), (2, 8, 8, 3))
+    a, b, the_plan, _ = _outputs(
+        CifarResNet(depth=src[0], base_channels=src[1]),
+        CifarResNet(depth=dst[0], base_channels=dst[1]),
+        x,
+        tensor_rule="net2net",
+        deepen="identity",
+    )
+    assert _max_rel(a, b) < RTOL
+    stages = {(p[0].split("_")[0], p[1].split("_")[0]) for p in the_plan.report.pairs}
+    assert {s for s, d in stages if s != d and "stage" in s} == set()
+
+
+def test_width_free_specs():
+    from dpiat_jax.spec import LayerSpec
+    from dpiat_jax.widening import width_free
+
+    tree = [LayerSpec("conv2d", (3, 3, 4, 8)), [LayerSpec("depthwise_conv2d", (3, 3, 1, 8))]]
+    assert width_free(tree) == [
+        LayerSpec("conv2d", (3, 3, 1, 1)),
+        [LayerSpec("depthwise_conv2d", (3, 3, 1, 1))],
+    ]
+    assert width_free([LayerSpec("batch_norm", (8,)), LayerSpec("act", ())]) == [
+        LayerSpec("batch_norm", (1,)),
+        LayerSpec("act", ()),
+    ]
+
+
 def test_consuming_and_producing_dimensions_come_from_the_jaxpr():
     x = jnp.zeros((1, 8, 8, 3))
     model = CNN(8)

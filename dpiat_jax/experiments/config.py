@@ -197,6 +197,9 @@ class EvidenceSettings:
         architecture), ``"self"`` (each source trained on from itself: the upper bound)
         and ``"compute_matched"`` (random init trained the source's epochs plus the budget).
       level: the fraction of the source's test accuracy that "steps to reach" counts.
+      growth: add the function-preserving growth arm (``tensor_rule="net2net"``,
+        ``deepen="identity"``, :mod:`dpiat_jax.widening`, :mod:`dpiat_jax.deepening`) on
+        the pairs within a family (those whose ``change`` does not start with "family").
     """
 
     budget_epochs: float = 4.0
@@ -207,6 +210,7 @@ class EvidenceSettings:
     matchers: tuple[str, ...] = ("dp", "cross")
     controls: tuple[str, ...] = ("untrained", "self", "compute_matched")
     level: float = 0.9
+    growth: bool = True
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvidenceSettings:

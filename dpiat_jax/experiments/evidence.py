@@ -15,11 +15,13 @@ source learned:
   ``log(area random / area transfer)``, so positive is better for both); the mean over
   at least 5 seeds with a 95% bootstrap interval.
 * **Arms.** ``random``; ``transfer <matcher>`` for every matcher of the settings;
-  controls: ``untrained source`` (the same transfer from a fresh source of the same
-  architecture: what was learned against how it is scaled), ``self`` (each source trained
-  on from itself: the upper bound) and ``compute-matched`` (random init trained the
-  source's epochs plus the budget: does transfer beat spending the source's compute on
-  the target?). BatchNorm statistics are recomputed before every evaluation of every arm.
+  ``net2net + identity`` on the pairs within a family (function-preserving growth:
+  ``tensor_rule="net2net"``, ``deepen="identity"``); controls: ``untrained source`` (the
+  same transfer from a fresh source of the same architecture: what was learned against
+  how it is scaled), ``self`` (each source trained on from itself: the upper bound) and
+  ``compute-matched`` (random init trained the source's epochs plus the budget: does
+  transfer beat spending the source's compute on the target?). BatchNorm statistics are
+  recomputed before every evaluation of every arm.
 * **Cache.** A run is keyed by :func:`~.runs.code_version`, the data, the target, the
   settings, the seed and a hash of its start (:func:`~.curves.variables_digest`): stale
   runs are never reused, and two arms with the same start (a ``cross`` transfer that moves
@@ -66,6 +68,7 @@ from dpiat_jax.types import Variables
 __all__ = ["EvidenceRuns", "quick_settings", "run_evidence_runs"]
 
 RANDOM, UNTRAINED, SELF, COMPUTE = "random", "untrained source", "self", "compute-matched"
+GROWTH = "net2net + identity"
 
 
 def transfer_arm(matcher: str) -> str:
@@ -225,6 +228,11 @@ def _starts(
         transfer_arm(m): dj.transfer(src_vars, src_module, module, rng, sample_input=x0, matcher=m)
         for m in settings.matchers
     }
+    if settings.growth and not pair.change.startswith("family"):
+        starts[GROWTH] = dj.transfer(
+            src_vars, src_module, module, rng, sample_input=x0,
+            tensor_rule="net2net", deepen="identity",
+        )  # fmt: skip
     if "untrained" in settings.controls:
         fresh_rng = jax.random.fold_in(jax.random.key(seed), stable_int("untrained:" + pair.source))
         fresh = trainer.init(src_module, fresh_rng)

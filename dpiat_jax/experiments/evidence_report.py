@@ -121,6 +121,9 @@ def _pair_summary(runs: ev.EvidenceRuns, groups: Mapping, label: str) -> dict[st
         )
     if untrained:
         arms[ev.UNTRAINED] = _arm_figures(untrained, random_rows, level, {})
+    growth = groups.get((ev.GROWTH, label), [])
+    if growth:
+        arms[ev.GROWTH] = _arm_figures(growth, random_rows, level, {ev.UNTRAINED: untrained})
     arms[ev.RANDOM] = _arm_figures(random_rows, random_rows, level, {})
     if compute:
         arms[ev.COMPUTE] = {
@@ -164,8 +167,9 @@ def summarise(runs: ev.EvidenceRuns) -> dict[str, Any]:
     groups = _group(runs.rows)
     pairs = [_pair_summary(runs, groups, p.label) for p in runs.cfg.pairs]
     arm_names = [ev.transfer_arm(m) for m in runs.settings.matchers]
-    if any(ev.UNTRAINED in p["arms"] for p in pairs):
-        arm_names.append(ev.UNTRAINED)
+    for extra in (ev.GROWTH, ev.UNTRAINED):
+        if any(extra in p["arms"] for p in pairs):
+            arm_names.append(extra)
     grouped = {
         arm: {
             kind: bootstrap_interval(
@@ -227,6 +231,7 @@ def _pair_rows(summary: Mapping[str, Any], runs: ev.EvidenceRuns) -> list[str]:
     head = ["#", "pair", "change"]
     for m in matchers:
         head += [f"{m} sim.", f"{m} coverage", f"{m}: area ratio", f"{m}: loss-area ratio"]
+    head += [f"{ev.GROWTH}: area ratio (start acc)"]
     head += ["untrained: area ratio", f"{matchers[0]} vs untrained", "final acc (rnd / tr)"]
     head += ["steps to level (rnd / tr)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -239,6 +244,10 @@ def _pair_rows(summary: Mapping[str, Any], runs: ev.EvidenceRuns) -> list[str]:
                       _x(arm["log_area_acc"]), _x(arm["log_area_loss"])]  # fmt: skip
         first = p["arms"][ev.transfer_arm(matchers[0])]
         untrained = p["arms"].get(ev.UNTRAINED)
+        growth = p["arms"].get(ev.GROWTH)
+        cells.append(
+            f"{_x(growth['log_area_acc'])} ({growth['start_acc'][0]:.3f})" if growth else "-"
+        )
         cells += [
             _x(untrained["log_area_acc"]) if untrained else "-",
             _x(first.get("log_area_vs_untrained_source")),
@@ -350,7 +359,12 @@ def evidence_markdown(
 # Figures.
 # ---------------------------------------------------------------------------
 
-_ARM_STYLE = {ev.RANDOM: "k", ev.UNTRAINED: "tab:gray", ev.COMPUTE: "tab:brown"}
+_ARM_STYLE = {
+    ev.RANDOM: "k",
+    ev.UNTRAINED: "tab:gray",
+    ev.COMPUTE: "tab:brown",
+    ev.GROWTH: "tab:green",
+}
 
 
 def plot_curves(path: Path, runs: ev.EvidenceRuns) -> None:
@@ -366,7 +380,8 @@ def plot_curves(path: Path, runs: ev.EvidenceRuns) -> None:
     rows = -(-len(pairs) // cols)
     fig = Figure(figsize=(3.4 * cols, 2.7 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    arms = [ev.RANDOM, *(ev.transfer_arm(m) for m in runs.settings.matchers), ev.UNTRAINED]
+    arms = [ev.RANDOM, *(ev.transfer_arm(m) for m in runs.settings.matchers), ev.GROWTH]
+    arms.append(ev.UNTRAINED)
     for ax, p in zip(axes, pairs):
         for arm in arms:
             key = (arm, p.target if arm == ev.RANDOM else p.label)
@@ -399,7 +414,7 @@ def plot_ratios(path: Path, summary: Mapping[str, Any], runs: ev.EvidenceRuns) -
         runs: the runs.
     """
     pairs = summary["pairs"]
-    arms = [ev.transfer_arm(m) for m in runs.settings.matchers] + [ev.UNTRAINED]
+    arms = [ev.transfer_arm(m) for m in runs.settings.matchers] + [ev.GROWTH, ev.UNTRAINED]
     fig = Figure(figsize=(7.0, 0.35 * len(pairs) * len(arms) / 2 + 1.5), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(pairs))
