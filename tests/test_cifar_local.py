@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,6 @@ from dpiat_jax import cli
 from dpiat_jax.experiments import data, protocol
 
 tfds = pytest.importorskip("tensorflow_datasets")
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Makes any attempt to open a network connection fail loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.fixture

@@ -1,24 +1,11 @@
 """Tests for dpiat_jax.experiments.data: offline loaders, TFDS (mocked, no network), batching."""
 
 import random
-import socket
 
 import numpy as np
 import pytest
 
 from dpiat_jax.experiments import data
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Makes any attempt to open a network connection fail loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 @pytest.fixture(scope="module")
