@@ -4,6 +4,7 @@ tiny config: the arms, paired figures, the controls, the cache keyed by code and
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,20 @@ def test_shipped_evidence_configs(name):
     assert set(settings.controls) == {"untrained", "self", "compute_matched"}
     cross = [p for p in cfg.pairs if p.change.startswith("family")]
     assert len(cross) >= 8
+
+
+def test_index_table(tiny_run):
+    out, _, summary, _ = tiny_run
+    table = evidence_report.index_table([out])
+    rows = table.splitlines()[2:]
+    assert [r.split(" | ")[1] for r in rows] == list(summary["groups"])
+    dp = summary["groups"]["transfer dp"]["all"]
+    assert f"{math.exp(dp[0]):.2f} [{math.exp(dp[1]):.2f}, {math.exp(dp[2]):.2f}]" in rows[0]
+
+
+def test_committed_evidence_readme_quotes_the_committed_results():
+    """results/evidence/README.md carries the index table of the committed outputs."""
+    root = Path(__file__).resolve().parents[1] / "results" / "evidence"
+    folders = sorted(p for p in root.iterdir() if (p / "results.json").is_file())
+    assert [p.name for p in folders] == ["digits_hard", "mnist1d_noisy"]
+    assert evidence_report.index_table(folders) in (root / "README.md").read_text()

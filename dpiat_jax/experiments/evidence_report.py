@@ -11,6 +11,7 @@ is the whole pipeline.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -29,6 +30,7 @@ from dpiat_jax.experiments.stats import bootstrap_interval, log_ratios, spearman
 
 __all__ = [
     "evidence_markdown",
+    "index_table",
     "plot_curves",
     "plot_ratios",
     "plot_similarity",
@@ -523,6 +525,36 @@ def write_evidence(
     plot_ratios(out / "ratios.png", summary, runs)
     plot_similarity(out / "similarity.png", summary, runs)
     return summary
+
+
+def index_table(folders: Sequence[str | os.PathLike]) -> str:
+    """Return the headline table of several evidence outputs (``results/evidence/README.md``).
+
+    One row per config and arm: the mean area ratio over all pairs, within and across
+    families (95% intervals over pairs), and for a transfer arm Spearman's rho of its
+    matcher's similarity against its gain, read from each folder's ``results.json``.
+
+    Args:
+        folders: output folders of :func:`run_evidence`.
+
+    Returns:
+        A markdown table.
+    """
+    lines = [
+        "| config | arm | all pairs | within family | across families | rho(similarity, gain) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for folder in folders:
+        saved = json.loads((Path(folder) / "results.json").read_text())
+        summary, name = saved["summary"], saved["config"]["name"]
+        rhos = {
+            ev.transfer_arm(m): _i(by_x["similarity"]["all"], 2)
+            for m, by_x in summary["spearman"].items()
+        }
+        for arm, kinds in summary["groups"].items():
+            cells = [_x(kinds[k]) for k in ("all", "within", "cross")]
+            lines.append(f"| {name} | {arm} | " + " | ".join(cells) + f" | {rhos.get(arm, '-')} |")
+    return "\n".join(lines)
 
 
 def run_evidence(
