@@ -26,7 +26,9 @@ import dpiat_jax
 from dpiat_jax import LayerSpec
 from dpiat_jax.coverage import LowCoverageWarning
 from dpiat_jax.models import get_model
+from dpiat_jax.structure import StructureWarning
 from dpiat_jax.trace.inference import InputInferenceWarning
+from dpiat_jax.trace.linen import UntracedModuleWarning
 from dpiat_jax.trace.sown import IgnoredCollectionWarning
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -39,12 +41,14 @@ PRELUDE = """\
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 import dpiat_jax
 
 key = jax.random.key(0)
 image = jnp.zeros((1, 8, 8, 3))
 vector = jnp.zeros((1, 4))
+tokens = jnp.zeros((1, 5, 8))
 
 
 class Cnn(nn.Module):  # global average pooling: any image size gives the same shapes
@@ -95,10 +99,40 @@ class TwoInputs(nn.Module):
         return nn.Dense(2, name="head")(x * mask)
 
 
+class Heads(nn.Module):  # attention whose projections hold (heads, head_dim) in one axis
+    heads: int
+    dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        h, d = self.heads, self.dim
+        q, k, v = (nn.Dense(h * d, name=n)(x).reshape(x.shape[:2] + (h, d)) for n in "qkv")
+        w = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, k), -1)
+        out = jnp.einsum("bhts,bshd->bthd", w, v).reshape(x.shape[:2] + (h * d,))
+        return nn.Dense(x.shape[-1], name="o")(out)
+
+
+class Pair(nnx.Module):  # an NNX module: linen's call interceptors never see its layers
+    def __init__(self, rngs: nnx.Rngs):
+        self.a = nnx.Linear(4, 8, rngs=rngs)
+        self.b = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.b(self.a(x))
+
+
+class Bridged(nn.Module):  # the NNX module inside a linen one
+    @nn.compact
+    def __call__(self, x):
+        return nnx.bridge.to_linen(Pair, name="pair")(nn.Dense(4, name="stem")(x))
+
+
 cnn_vars = Cnn().init(key, image)
 mlp_vars = Mlp().init(key, vector)
 gain_vars = Gain((4,)).init(key, vector)
 two_vars = TwoInputs().init(key, vector, vector)
+one_head_vars = Heads(1, 8).init(key, tokens)
+bridged_vars = Bridged().init(key, vector)
 _, sown = Cnn().apply(cnn_vars, image, mutable=["intermediates"])
 cnn_vars_and_features = {**cnn_vars, **sown}  # what apply(..., mutable=...) hands back
 """
@@ -242,6 +276,22 @@ CASES: tuple[Case, ...] = (
         'dpiat_jax.similarity([dpiat_jax.LayerSpec("dense", (4, 8))], Mlp())',
         ValueError,
         r"`dst` is a bare module: pass sample_input=",
+    ),
+    Case(
+        "heads-a-crop-cuts",
+        "Heads the source's forward pass does not show: one head against three",
+        "dpiat_jax.transfer(one_head_vars, Heads(1, 8), Heads(3, 4), key, sample_input=tokens)",
+        StructureWarning,
+        r"not kept apart: params/q/bias.*params/q/kernel \(heads share an axis with the head "
+        r"dimension and their count differs: cropped as one axis\)",
+    ),
+    Case(
+        "modules-never-seen-called",
+        "Modules that tracing never sees called (an NNX module bridged into linen)",
+        "dpiat_jax.transfer(bridged_vars, Bridged(), Bridged(), key, sample_input=vector)",
+        UntracedModuleWarning,
+        r"2 module\(s\) holding variables were never seen called.*pair/a, pair/b.*"
+        r"rebuilt from the variable tree",
     ),
     Case(
         "unknown-matcher",
