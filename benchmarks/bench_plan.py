@@ -201,7 +201,6 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
-    rows = [measure(name) for name in (QUICK if args.quick else FULL)]
     headers = [
         "pair",
         "dst params",
@@ -215,6 +214,12 @@ def main() -> None:
         "peak / (src+dst)",
         "init peak / (src+dst)",
     ]
+    rows = []
+    print("\n".join(table(headers, []).splitlines()[:2]), flush=True)
+    for name in QUICK if args.quick else FULL:
+        rows.append(measure(name))
+        # Each row as it finishes: a run cut short by a time limit still reports.
+        print(table(headers, rows[-1:]).splitlines()[-1], flush=True)
     report = "\n\n".join(
         [
             f"Machine: {machine()}",
