@@ -273,9 +273,19 @@ class TransferPlan:
             enforce(self.on_nonfinite, names, flags)
             return constrain(out, out_shardings)
         check_shardings(out_shardings, self._abstract_result(keep))
-        out, flags = self._compiled_program(keep, out_shardings)(sources, rng)
+        program = self._compiled_program(keep, out_shardings)
+        out, flags = program(sources, rng, self._held_init())
         enforce(self.on_nonfinite, names, flags)
         return out
+
+    def _held_init(self) -> dict[TensorKey, Any] | None:
+        """An NNX target's own variables (its fresh init), read outside the compiled
+        program and passed in as an input, so that one program serves every call and
+        every target of the same structure; None for a target whose init runs inside
+        the program (linen, Hugging Face)."""
+        if self.model.linen_module is not None:
+            return None
+        return flat_variables(self.model.init(None, self.sample_input, self.call_kwargs))
 
     def _collections(self, collections: Sequence[str] | None) -> tuple[str, ...]:
         present = tuple(dict.fromkeys(k[0] for k in self.target))
@@ -329,14 +339,12 @@ class TransferPlan:
         (an unhashable keyword). Equal plans then share one program, so a repeated
         ``transfer`` between the same architectures compiles once. A target that cannot
         be hashed by value (a Hugging Face module holds its config object) counts by
-        identity: the same object again. An NNX target is never shared (its init reads
-        the model's current state)."""
+        identity: the same object again. An NNX target's variables are an input of the
+        program (:meth:`_held_init`), so its planned shapes stand for it."""
         module = self.model.linen_module
-        if module is None:  # an NNX target's init reads its current state
-            return None
         parts = (
             key,
-            _hashable(module),
+            "nnx" if module is None else _hashable(module),
             self.moves,
             self.channel_groups,
             tuple(self.sources.items()),
@@ -356,10 +364,19 @@ class TransferPlan:
         return parts
 
     def _program(
-        self, sources: Mapping[TensorKey, jax.Array], rng: PRNGKey, *, collections: tuple
+        self,
+        sources: Mapping[TensorKey, jax.Array],
+        rng: PRNGKey,
+        held: Mapping[TensorKey, jax.Array] | None = None,
+        *,
+        collections: tuple,
     ) -> tuple[dict, jax.Array]:
-        """The pure program: fresh init, moves, own buffers, finiteness flags."""
-        fresh = flat_variables(self.model.init(rng, self.sample_input, self.call_kwargs))
+        """The pure program: fresh init (``held``, the variables an NNX target holds,
+        when given), moves, own buffers, finiteness flags."""
+        if held is None:
+            fresh = flat_variables(self.model.init(rng, self.sample_input, self.call_kwargs))
+        else:
+            fresh = dict(held)
         self._check_fresh(fresh)
         rule_rng = jax.random.fold_in(rng, 2)
         moves, moved, rule = self.moves, sources, self.rule
@@ -370,7 +387,8 @@ class TransferPlan:
         flat = apply_moves(moves, self.channel_groups, rule, moved, fresh, rule_rng)
         flat = zero_tensors(flat, self.deepening.zeroed)
         flat = _owned(
-            {k: v for k, v in flat.items() if k[0] in collections}, list(sources.values())
+            {k: v for k, v in flat.items() if k[0] in collections},
+            [*sources.values(), *(held or {}).values()],
         )
         checked = [] if self.on_nonfinite == "ignore" else [sources[k] for k in self.checked]
         return traverse_util.unflatten_dict(flat), finite_flags(checked)

@@ -169,3 +169,30 @@ def test_nnx_two_inputs_and_sown_intermediates():
     np.testing.assert_array_equal(got[:, 4:12], np.asarray(src.proj.kernel[...]))
     report = dpiat_jax.match(dst, None, dst, sample_input=((x, x), (x, x)))
     assert report.param_coverage == 1.0
+
+
+def _buffers(tree) -> set[int]:
+    return {a.unsafe_buffer_pointer() for a in jax.tree.leaves(tree) if isinstance(a, jax.Array)}
+
+
+def test_nnx_target_compiles_once_and_shares_no_buffer():
+    """An NNX target's own variables go into the compiled program as an input: a second
+    transfer to another model of the same architecture reuses the program, and takes
+    its untouched tensors from that model, in fresh buffers."""
+    src = Net(8, 2, nnx.Rngs(0))
+    first_dst, second_dst = Net(16, 3, nnx.Rngs(1)), Net(16, 3, nnx.Rngs(2))
+    first = dpiat_jax.plan(src, first_dst, sample_input=X)
+    second = dpiat_jax.plan(src, second_dst, sample_input=X)
+    out = first.apply(src, jax.random.key(0))
+    again = second.apply(src, jax.random.key(0))
+    (program,) = first.compiled.values()
+    assert list(second.compiled.values()) == [program]
+    assert program._cache_size() == 1
+    head = np.asarray(out["params"]["head"]["kernel"])  # target width 16: partly fresh
+    np.testing.assert_array_equal(head[:4], np.asarray(first_dst.head.kernel[...])[:4])
+    np.testing.assert_array_equal(
+        np.asarray(again["params"]["head"]["kernel"])[:4],
+        np.asarray(second_dst.head.kernel[...])[:4],
+    )
+    held = _buffers(nnx.state(first_dst)) | _buffers(nnx.state(src))
+    assert not _buffers(out) & held
