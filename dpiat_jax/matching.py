@@ -82,6 +82,10 @@ class MatchReport:
       fused: ``(target tensor, axis, parts)`` of the tensors moved part by part as
         fused projections (:mod:`dpiat_jax.fused`); the axis of one step for a tensor
         stacked by ``nn.scan``.
+      factored: ``(target tensor, axis, source factors, target factors)`` of the axes
+        that hold several factors in one (heads and the head dimension, or fused parts,
+        heads and the head dimension; :mod:`dpiat_jax.heads`), moved factor by factor:
+        whole heads kept or dropped, the head dimension cropped inside each head.
       inferred_input: the shape of the source input inferred from its variables (the
         smallest that fits them); None when ``sample_input`` was given. Not compared:
         a plan from an inferred input equals one from the same input given.
@@ -104,6 +108,7 @@ class MatchReport:
     matcher: str = "dp"
     tensor_rule: str = "clip"
     fused: tuple[tuple[str, int, int], ...] = ()
+    factored: tuple[tuple[str, int, tuple[int, ...], tuple[int, ...]], ...] = ()
     inferred_input: tuple[int, ...] | None = dataclasses.field(default=None, compare=False)
     src_blocks: list | None = dataclasses.field(default=None, repr=False, compare=False)
     dst_blocks: list | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -209,6 +214,12 @@ class MatchReport:
         if self.fused:
             lines += ["", f"fused tensors, moved part by part ({len(self.fused)}):"]
             lines += [f"  {d}: {n} parts along axis {a}" for d, a, n in self.fused]
+        if self.factored:
+            lines += ["", f"axes moved factor by factor, heads kept whole ({len(self.factored)}):"]
+            lines += [
+                f"  {d}: axis {a}, factors {'x'.join(map(str, s))} -> {'x'.join(map(str, t))}"
+                for d, a, s, t in self.factored
+            ]
         if self.skipped:
             lines += ["", f"tensors not moved ({len(self.skipped)}):"]
             lines += [f"  {d} <- {s}: {why}" for d, s, why in self.skipped]

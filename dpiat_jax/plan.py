@@ -554,6 +554,9 @@ def _report_from(data: dict) -> MatchReport:
     data["unmatched_src"] = tuple(data["unmatched_src"])
     data["unmatched_dst"] = tuple(data["unmatched_dst"])
     data["fused"] = tuple(tuple(x) for x in data.get("fused", ()))
+    data["factored"] = tuple(
+        (name, axis, tuple(src), tuple(dst)) for name, axis, src, dst in data.get("factored", ())
+    )
     if data.get("inferred_input") is not None:
         data["inferred_input"] = tuple(data["inferred_input"])
     return MatchReport(**data)
@@ -800,7 +803,10 @@ def plan_traced(
         inferred_input=None if src.inferred is None else src.inferred.shape,
     )
     fused = tuple(("/".join(m.dst), *m.parts) for m in moves if m.parts is not None)
-    report = dataclasses.replace(report, fused=tuple(dict.fromkeys(fused)))
+    factored = tuple(("/".join(m.dst), a, s, d) for m in moves for a, s, d in m.factors)
+    report = dataclasses.replace(
+        report, fused=tuple(dict.fromkeys(fused)), factored=tuple(dict.fromkeys(factored))
+    )
     checked = checked_tensors(pairs)
     src_flat = flat_variables(src.variables)
     read = dict.fromkeys([*(m.src for m in moves), *checked])

@@ -375,3 +375,20 @@ def test_fused_qkv_with_another_head_count(layout, src, dst):
         p["out"]["kernel"], o["out"]["kernel"], 0, (src.heads, src.dim), (dst.heads, dst.dim)
     )
     dst.apply(out, X)
+
+
+def test_report_lists_the_axes_moved_per_factor():
+    src, dst = FusedHeads(2, 4), FusedHeads(3, 8)
+    the_plan = dpiat_jax.plan(src, dst, sample_input=X)
+    factored = dict(((name, axis), (s, d)) for name, axis, s, d in the_plan.report.factored)
+    assert factored[("params/q/kernel", 1)] == ((2, 4), (3, 8))
+    assert factored[("params/o/kernel", 0)] == ((2, 4), (3, 8))
+    assert {name for name, _ in factored} == {
+        f"params/{n}/{t}" for n in "qkv" for t in ("kernel", "bias")
+    } | {"params/o/kernel"}
+    assert "params/q/kernel: axis 1, factors 2x4 -> 3x8" in str(the_plan.report)
+    again = dpiat_jax.TransferPlan.from_json(the_plan.to_json(), dst)
+    assert again.report.factored == the_plan.report.factored
+    same = dpiat_jax.plan(src, src, sample_input=X)  # equal shapes: nothing to factor
+    assert same.report.factored == ()
+    assert "factor by factor" not in str(same.report)
