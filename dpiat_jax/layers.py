@@ -320,8 +320,8 @@ def _leaf(
     given; a module without tensors is a placeholder); below a stacked site, one step's."""
     stack = None
     if site is not None:
-        tensors, stacked = unstack_tensors(site, call.path, tensors)
-        stack = Stack(site.root, site.axis, site.size, site.parallel, None, stacked)
+        tensors, stacked, nested = unstack_tensors(site, call.path, tensors)
+        stack = Stack(site.root, site.axis, site.size, site.parallel, None, stacked, nested)
     params = tensors.get("params", {})
     main = _main_tensor(params, tensors)
     if kind is None:

@@ -47,6 +47,9 @@ class StackSite:
       parallel: True for ``nn.vmap`` members, False for ``nn.scan`` steps.
       local: ``(collection, *key relative to root)`` -> one step's shape, for every
         variable below ``root``.
+      nested: ``(key, axis)`` for the keys of ``local`` (relative to ``root``) that a
+        transform inside this one stacks again (a scan inside a scan), with the inner
+        stacking axis of one step's shape: the inner steps are not unstacked.
 
     >>> StackSite(("layers",), 0, 4, False, {}).size
     4
@@ -57,6 +60,9 @@ class StackSite:
     size: int
     parallel: bool
     local: Mapping[tuple[str, ...], Shape] = dataclasses.field(compare=False, repr=False)
+    nested: frozenset[tuple[tuple[str, ...], int]] = dataclasses.field(
+        default=frozenset(), compare=False, repr=False
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,10 @@ class Stack:
         all of them).
       tensors: the layer's tensors (``"collection/name"``) that carry the axis; others
         are shared by every step.
+      nested: ``("collection/name", axis)`` for the layer's tensors that a transform
+        inside the stacked module stacks again (a scan inside a scan), with the inner
+        axis of one step's shape: they move as one tensor per step of this stack, their
+        inner steps cropped or centred as that axis (:attr:`StackSite.nested`).
 
     >>> Stack(("layers",), 0, 4, False, 2, frozenset({"params/kernel"})).index
     2
@@ -81,6 +91,7 @@ class Stack:
     parallel: bool
     index: int | None = None
     tensors: frozenset[str] = frozenset()
+    nested: frozenset[tuple[str, int]] = frozenset()
 
     def label(self) -> str:
         """Returns the step's label: ``[2]`` for a scan step, ``[*]`` for members."""
@@ -156,12 +167,28 @@ def find_sites(calls: Iterable[Any], variables: Variables) -> dict[ModulePath, S
         found = _site_axis(call.local, flat, path)
         if found is not None:
             sites[path] = StackSite(path, found[0], found[1], bool(call.batched), call.local)
-    return sites
+    return {root: _with_nested(site, calls) for root, site in sites.items()}
+
+
+def _with_nested(site: StackSite, calls: Iterable[Any]) -> StackSite:
+    """``site`` with the variables that a module below it saw stacked once more."""
+    nested = set()
+    for call in calls:
+        path = tuple(call.path)
+        if len(path) <= len(site.root) or path[: len(site.root)] != site.root:
+            continue
+        for (collection, *rel), shape in (call.local or {}).items():
+            key = (collection, *path[len(site.root) :], *rel)
+            step = site.local.get(key)
+            inner = [] if step is None else inserted_axes(step, shape)
+            if inner:
+                nested.add((key, inner[0][0]))
+    return dataclasses.replace(site, nested=frozenset(nested)) if nested else site
 
 
 def unstack_tensors(
     site: StackSite, path: ModulePath, tensors: Mapping[str, Mapping[str, Any]]
-) -> tuple[dict[str, dict[str, jax.ShapeDtypeStruct]], frozenset[str]]:
+) -> tuple[dict[str, dict[str, jax.ShapeDtypeStruct]], frozenset[str], frozenset[str]]:
     """Returns one step's view of a module's tensors below a stacked site.
 
     Args:
@@ -170,25 +197,31 @@ def unstack_tensors(
       tensors: collection -> name -> the stacked arrays (or shape structs).
 
     Returns:
-      ``(tensors, stacked)``: collection -> name -> ``jax.ShapeDtypeStruct`` of one step
-      (no array is sliced: the moves index the stacked arrays when applied), and the
-      ``"collection/name"`` of the tensors that carry the stacking axis.
+      ``(tensors, stacked, nested)``: collection -> name -> ``jax.ShapeDtypeStruct`` of
+      one step (no array is sliced: the moves index the stacked arrays when applied),
+      the ``"collection/name"`` of the tensors that carry the stacking axis, and of those
+      that a transform inside the site stacks again (:attr:`StackSite.nested`).
 
     >>> site = StackSite(("s",), 0, 4, False, {("params", "kernel"): (3, 8)})
-    >>> one, stacked = unstack_tensors(site, ("s",),
+    >>> one, stacked, nested = unstack_tensors(site, ("s",),
     ...     {"params": {"kernel": jax.ShapeDtypeStruct((4, 3, 8), "float32")}})
-    >>> one["params"]["kernel"].shape, sorted(stacked)
-    ((3, 8), ['params/kernel'])
+    >>> one["params"]["kernel"].shape, sorted(stacked), sorted(nested)
+    ((3, 8), ['params/kernel'], [])
     """
     rel = tuple(path[len(site.root) :])
     out: dict[str, dict[str, jax.ShapeDtypeStruct]] = {}
     stacked: set[str] = set()
+    nested: set[tuple[str, int]] = set()
+    inner = dict(site.nested)
     for collection, group in tensors.items():
         for name, value in group.items():
             shape = tuple(np.shape(value))
-            local = site.local.get((collection, *rel, *name.split("/")))
+            key = (collection, *rel, *name.split("/"))
+            local = site.local.get(key)
             if local is not None and (site.axis, site.size) in inserted_axes(shape, local):
                 shape = tuple(local)
                 stacked.add(f"{collection}/{name}")
+                if key in inner:
+                    nested.add((f"{collection}/{name}", inner[key]))
             out.setdefault(collection, {})[name] = jax.ShapeDtypeStruct(shape, value.dtype)
-    return out, frozenset(stacked)
+    return out, frozenset(stacked), frozenset(nested)

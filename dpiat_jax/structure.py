@@ -56,7 +56,8 @@ __all__ = [
 
 
 class StructureWarning(UserWarning):
-    """A tensor's heads or fused parts could not be kept apart: it moved as one tensor.
+    """A tensor's heads, fused parts or inner scan steps could not be kept apart: it
+    moved as one tensor.
 
     >>> issubclass(StructureWarning, UserWarning)
     True
@@ -205,6 +206,31 @@ def _moved_whole(
     return list(dict.fromkeys(out))
 
 
+def _nested_steps(moves: Sequence[TensorMove], pairs: Sequence[LayerPair]) -> list[tuple[str, str]]:
+    """``(target tensor, why)`` for every move whose target or source a transform inside
+    a stacked module stacks again (:attr:`dpiat_jax.stacking.Stack.nested`) on an axis
+    whose size changes: only the outer steps are unstacked, so the inner steps move as
+    one axis of the tensor."""
+    sides = (
+        ({p.dst.name: p.dst for p in pairs}, "dst_layer", "dst"),
+        ({p.src.name: p.src for p in pairs}, "src_layer", "src"),
+    )
+    out = []
+    for move in moves:
+        for layers, layer_attr, key_attr in sides:
+            layer = layers.get(getattr(move, layer_attr))
+            if layer is None or layer.stack is None or not layer.stack.nested:
+                continue
+            key = getattr(move, key_attr)
+            axis = dict(layer.stack.nested).get(f"{key[0]}/{'/'.join(key[1 + len(layer.path) :])}")
+            if axis is not None and move.moved_shape[axis] != move.dst_shape[axis]:
+                out.append(("/".join(move.dst), "a scan inside a scan whose inner step counts "
+                            "differ: the inner steps are cropped or centred as one axis, not "
+                            "aligned one by one"))  # fmt: skip
+                break
+    return out
+
+
 def structured_moves(
     moves: Sequence[TensorMove],
     pairs: Sequence[LayerPair],
@@ -254,11 +280,13 @@ def structured_moves(
     if src_found is not None:
         moves = with_heads(moves, dst_found.heads, src_found.heads)
         moves = with_factors(moves, dst_found.factors, src_found.factors)
-    whole = _moved_whole(moves, dst_found, src_found)
+    whole = [*_moved_whole(moves, dst_found, src_found), *_nested_steps(moves, pairs)]
     if whole:
         shown = "; ".join(f"{name} ({why})" for name, why in whole[:6])
         more = f"; and {len(whole) - 6} more" if len(whole) > 6 else ""
         warnings.warn(
-            f"Heads or fused parts not kept apart: {shown}{more}.", StructureWarning, stacklevel=5
+            f"Heads, fused parts or inner scan steps not kept apart: {shown}{more}.",
+            StructureWarning,
+            stacklevel=5,
         )
     return tuple(moves)

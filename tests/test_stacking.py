@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import chex
 import flax.linen as nn
 import jax
@@ -12,9 +14,11 @@ import pytest
 import dpiat_jax
 from dpiat_jax.layers import layers
 from dpiat_jax.stacking import inserted_axes
+from dpiat_jax.structure import StructureWarning
 from dpiat_jax.trace.linen import trace
 
 X = jnp.ones((2, 8))
+KEY = jax.random.key(0)
 
 
 class Block(nn.Module):
@@ -251,3 +255,61 @@ def test_nnx_scan_is_unstacked_and_restacked():
     np.testing.assert_array_equal(
         np.asarray(same.layers.out.kernel[...]), np.asarray(src.layers.out.kernel[...])
     )
+
+
+# ------------------------------------------------------------- a scan inside a scan
+
+
+class InnerStep(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return x + nn.Dense(x.shape[-1], name="fc")(x), None
+
+
+class OuterStep(nn.Module):
+    inner: int
+
+    @nn.compact
+    def __call__(self, x, _):
+        steps = nn.scan(
+            InnerStep, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.inner
+        )
+        return steps(name="inner")(x, None)[0], None
+
+
+class NestedScan(nn.Module):
+    outer: int
+    inner: int
+
+    @nn.compact
+    def __call__(self, x):
+        steps = nn.scan(
+            OuterStep, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.outer
+        )
+        return steps(self.inner, name="layers")(x, None)[0]
+
+
+def test_nested_scan_unstacks_the_outer_steps_and_names_the_inner_axis():
+    root, _ = trace(NestedScan(3, 2), None, (X,), {})
+    (fc,) = {x.stack.root: x for x in layers(root)}.values()
+    assert fc.stack.root == ("layers",) and fc.stack.size == 3
+    assert fc.tensors["params"]["kernel"].shape == (2, 8, 8)  # one outer step
+    assert set(fc.stack.nested) == {("params/kernel", 0), ("params/bias", 0)}
+
+
+def test_nested_scan_with_equal_inner_steps_aligns_outer_steps_silently():
+    src, dst = NestedScan(2, 2), NestedScan(4, 2)
+    variables = src.init(KEY, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        out = dpiat_jax.transfer(variables, src, dst, KEY, sample_input=X)
+    got = np.asarray(out["params"]["layers"]["inner"]["fc"]["kernel"])
+    held = np.asarray(variables["params"]["layers"]["inner"]["fc"]["kernel"])
+    for step in range(4):  # every outer step seeded by a whole source step
+        assert any(np.array_equal(got[step], held[s]) for s in range(2)), step
+
+
+def test_nested_scan_whose_inner_steps_differ_is_named():
+    src = NestedScan(2, 2)
+    with pytest.warns(StructureWarning, match=r"params/layers/inner/fc/kernel \(a scan inside"):
+        dpiat_jax.plan(src, NestedScan(2, 4), sample_input=X)
