@@ -15,8 +15,9 @@ Heads fused into one axis with the head dimension move per factor
 kept or dropped and the head dimension cropped inside each, whether the head count, the
 head dimension or both change. Where the structure asks for something a move cannot do
 (heads in one axis whose factors only one side's forward pass shows, grouped heads of a
-scanned tensor, a fused target whose source is not split alike), the tensor moves as
-one tensor by the rule and a :class:`StructureWarning` names it.
+scanned tensor, grouped-query heads in one axis on one side only, a fused target whose
+source is not split alike, a scan inside a scan whose inner step count changes), the
+tensor moves as one tensor by the rule and a :class:`StructureWarning` names it.
 """
 
 from __future__ import annotations
@@ -203,7 +204,24 @@ def _moved_whole(
         stacked = move.dst_index is not None and move.src_index is not None
         if grouped and stacked and move.src_shape != move.dst_shape:
             out.append((name, "grouped-query heads of a stacked tensor: cropped per axis"))
+        if src is not None and _grouped_on_one_side(move, dst, src):
+            out.append((name, "grouped-query heads in one axis on one side only (kv heads "
+                        "repeated into groups of query heads on one side, one kv head per "
+                        "query head on the other): heads are cropped, not mapped to their "
+                        "groups"))  # fmt: skip
     return list(dict.fromkeys(out))
+
+
+def _grouped_on_one_side(move: TensorMove, dst: Structure, src: Structure) -> bool:
+    """Whether a query-side axis holds ``(kv groups, heads per group, head_dim)`` on one
+    side and ``(heads, head_dim)`` on the other: the kv heads, cropped per factor, then
+    do not serve the query heads that came from their group."""
+    dst_axes, src_axes = dict(dst.factors.get(move.dst, ())), dict(src.factors.get(move.src, ()))
+    for axis, dst_factors in dst_axes.items():
+        src_factors = src_axes.get(axis)
+        if src_factors is not None and {len(src_factors), len(dst_factors)} == {2, 3}:
+            return True
+    return False
 
 
 def _nested_steps(moves: Sequence[TensorMove], pairs: Sequence[LayerPair]) -> list[tuple[str, str]]:

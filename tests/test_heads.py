@@ -392,3 +392,57 @@ def test_report_lists_the_axes_moved_per_factor():
     same = dpiat_jax.plan(src, src, sample_input=X)  # equal shapes: nothing to factor
     assert same.report.factored == ()
     assert "factor by factor" not in str(same.report)
+
+
+class FusedGrouped(nn.Module):
+    """Grouped-query attention as Llama writes it in Flax: ``Dense(heads * dim)`` and
+    ``Dense(kv_heads * dim)`` reshaped to heads, the kv heads repeated to the groups."""
+
+    heads: int = 4
+    kv_heads: int = 2
+    dim: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        h, k, d = self.heads, self.kv_heads, self.dim
+        shape = x.shape[:2]
+        q = nn.Dense(h * d, name="q")(x).reshape(shape + (h, d))
+        key = nn.Dense(k * d, name="k")(x).reshape(shape + (k, d))
+        value = nn.Dense(k * d, name="v")(x).reshape(shape + (k, d))
+        key, value = jnp.repeat(key, h // k, axis=2), jnp.repeat(value, h // k, axis=2)
+        w = jax.nn.softmax(jnp.einsum("bthd,bshd->bhts", q, key), -1)
+        out = jnp.einsum("bhts,bshd->bthd", w, value).reshape(shape + (h * d,))
+        return nn.Dense(x.shape[-1], name="o")(out)
+
+
+def _fused_heads_of(src: np.ndarray, dst: np.ndarray, heads: tuple[int, int]) -> list:
+    """Per target head of a ``(d_in, heads * dim)`` kernel, the source head it holds."""
+    return heads_of(
+        src.reshape(src.shape[0], heads[0], -1), dst.reshape(dst.shape[0], heads[1], -1), 1
+    )
+
+
+@pytest.mark.parametrize(("src", "dst"), [((8, 2), (16, 4)), ((8, 2), (8, 4)), ((8, 4), (8, 2))])
+def test_grouped_heads_in_one_axis_keep_each_query_head_with_its_kv_head(src, dst):
+    """Both sides grouped: the query axis is (kv groups, heads per group, head_dim), the
+    kv axis (kv heads, head_dim); moved per factor, a query head that keeps source
+    values reads the kv head of its source group (or a fresh one), never another's."""
+    src_model, dst_model = FusedGrouped(*src), FusedGrouped(*dst)
+    variables = src_model.init(KEY, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        out = dpiat_jax.transfer(variables, src_model, dst_model, jax.random.key(1), sample_input=X)
+    p, o = variables["params"], out["params"]
+    q = _fused_heads_of(p["q"]["kernel"], o["q"]["kernel"], (src[0], dst[0]))
+    kv = _fused_heads_of(p["k"]["kernel"], o["k"]["kernel"], (src[1], dst[1]))
+    assert sum(s is not None for s in q) >= min(src[0], dst[0]) // 2
+    for head, source in enumerate(q):
+        group = kv[head // (dst[0] // dst[1])]
+        if source is not None and group is not None:
+            assert group == source // (src[0] // src[1]), (head, q, kv)
+
+
+def test_grouped_heads_in_one_axis_on_one_side_only_are_named():
+    src = FusedGrouped(4, 2)
+    with pytest.warns(StructureWarning, match=r"params/q/kernel \(grouped-query heads in one"):
+        dpiat_jax.plan(src, FusedGrouped(4, 4), sample_input=X)
