@@ -180,7 +180,8 @@ def transfer(
     definition is expected (``transfer(None, src_model, dst_model, rng)``): the
     definition is ``model.module``, the source's variables its ``params``, and without
     ``sample_input`` each model is traced with an input built from its config (token ids
-    of length ``min(max_position_embeddings, 16)``, or pixel values of its image size)
+    of length ``min(max_position_embeddings, 16)`` with the attention mask, token types
+    and position ids ``__call__`` takes positionally, or pixel values of its image size)
     in inference mode (``deterministic=True``).
 
     Returns:

@@ -213,13 +213,14 @@ def _moved_whole(
 
 
 def _grouped_on_one_side(move: TensorMove, dst: Structure, src: Structure) -> bool:
-    """Whether a query-side axis holds ``(kv groups, heads per group, head_dim)`` on one
-    side and ``(heads, head_dim)`` on the other: the kv heads, cropped per factor, then
+    """Whether a query-side axis holds one factor more on one side than on the other:
+    ``(kv groups, heads per group, head_dim)`` against ``(heads, head_dim)`` (a rotary
+    embedding splits head_dim once more on both). The kv heads, cropped per factor, then
     do not serve the query heads that came from their group."""
     dst_axes, src_axes = dict(dst.factors.get(move.dst, ())), dict(src.factors.get(move.src, ()))
     for axis, dst_factors in dst_axes.items():
         src_factors = src_axes.get(axis)
-        if src_factors is not None and {len(src_factors), len(dst_factors)} == {2, 3}:
+        if src_factors is not None and len(src_factors) != len(dst_factors):
             return True
     return False
 

@@ -124,10 +124,18 @@ def hf_variables(model: Any) -> Variables | None:
 
 
 def _required_positional(module: nn.Module) -> list[str]:
-    """The names of the positional parameters ``module.__call__`` requires."""
+    """The names of the positional inputs ``module.__call__`` is traced with: its leading
+    positional parameters that are required or token inputs (``attention_mask``,
+    ``position_ids``... even with a default of None), as the model's ``init_weights``
+    passes them; Llama's rotary embedding, for one, needs ``position_ids`` given."""
     params = list(inspect.signature(type(module).__call__).parameters.values())[1:]
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return [p.name for p in params if p.kind in kinds and p.default is p.empty]
+    names = []
+    for p in params:
+        if p.kind not in kinds or (p.default is not p.empty and p.name not in _TOKEN_INPUTS):
+            break
+        names.append(p.name)
+    return names
 
 
 def _config_value(config: Any, name: str) -> Any:
