@@ -36,13 +36,13 @@ IDS = jnp.arange(12, dtype=jnp.int32).reshape(1, 12) % 100
 
 
 @functools.cache
-def llama(layers: int = 2, heads: int = 4, kv_heads: int = 2, init: bool = False):
-    """A tiny Llama language model (width 32, vocabulary 100, 64 positions); with
-    ``init`` it holds its own params, else it is built without."""
+def llama(layers: int = 2, heads: int = 4, kv_heads: int = 2, init: bool = False, width: int = 32):
+    """A tiny Llama language model (vocabulary 100, 64 positions); with ``init`` it
+    holds its own params, else it is built without."""
     config = transformers.LlamaConfig(
         vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -106,6 +106,18 @@ def test_head_change_keeps_each_query_head_with_its_group_kv_head(src, dst):
         group = kv[head // (dst[0] // dst[1])]
         if source_head is not None and group is not None:
             assert group == source_head // (src[0] // src[1]), (q, kv)
+
+
+def test_width_growth_with_a_widening_rule_seeds_every_layer():
+    """Width 32 -> 64 with heads 4/2 -> 8/4: the published shape score pairs a target
+    k_proj with a source layer of the target's shape; ``tensor_rule="net2net"`` scores
+    width-free, so every target layer is seeded by its own role, and the result runs."""
+    src, dst = llama(2, 4, 2), llama(2, 8, 4, width=64)
+    the_plan = dpiat_jax.plan(src, dst, src_variables=params(2, 4, 2), tensor_rule="net2net")
+    report = the_plan.report
+    assert report.layers_transferred == report.layers_total, report
+    assert all(s.rsplit("/", 1)[-1] == d.rsplit("/", 1)[-1] for s, d, _ in report.pairs)
+    runs(dst, the_plan.apply(params(2, 4, 2), key(0))["params"])
 
 
 def test_grouped_on_one_side_only_is_named():

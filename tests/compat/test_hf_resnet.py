@@ -23,6 +23,7 @@ from compat.checks import (
     hf_fresh,
     hf_planned,
     key,
+    mismatched_roles,
     random_like,
     require,
 )
@@ -36,7 +37,8 @@ STAGES_BY_WIDTH = (
     "issue 12: Hugging Face ResNet width change: the source stage whose width equals a "
     "target stage's seeds that stage (source stage 1 -> target stage 0, or the reverse), "
     "and the target's other stage keeps its random init: equal widths outscore the "
-    "stage order"
+    "stage order (the published shape score; a widening rule scores width-free, see "
+    "test_width_change_with_a_widening_rule_pairs_every_layer_with_its_role)"
 )
 
 
@@ -95,6 +97,21 @@ def test_width_change_pairs_every_layer_with_its_role(src_widths, dst_widths):
     the_plan, out = planned(((1, 1), src_widths), ((1, 1), dst_widths))
     runs(resnet((1, 1), dst_widths), out)
     assert_every_layer_seeded_by_its_role(the_plan.report, block_role(BLOCK))
+
+
+@pytest.mark.parametrize(("src_widths", "dst_widths"), [(NARROW, WIDE), (WIDE, NARROW)])
+def test_width_change_with_a_widening_rule_pairs_every_layer_with_its_role(src_widths, dst_widths):
+    """With ``tensor_rule="net2net"`` layers are scored width-free, so stage follows
+    stage whatever the widths: every pair keeps its role, and only a shortcut
+    projection the source's stage does not have (stem 16 -> stage 32) stays fresh."""
+    src, dst = resnet((1, 1), src_widths), resnet((1, 1), dst_widths)
+    source = params((1, 1), src_widths)
+    the_plan = dpiat_jax.plan(src, dst, src_variables=source, tensor_rule="net2net")
+    report = the_plan.report
+    assert not mismatched_roles(report.pairs, block_role(BLOCK)), report
+    assert all("/shortcut/" in layer for layer in report.unmatched_dst), report
+    assert report.layers_transferred >= report.layers_total - 2, report
+    runs(dst, the_plan.apply(source, key(0)))
 
 
 def test_model_objects_go_in_and_identity_is_exact():
