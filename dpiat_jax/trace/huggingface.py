@@ -123,7 +123,7 @@ def hf_variables(model: Any) -> Variables | None:
     return {"params": plain}
 
 
-def _required_positional(module: nn.Module) -> list[str]:
+def _traced_positional(module: nn.Module) -> list[str]:
     """The names of the positional inputs ``module.__call__`` is traced with: its leading
     positional parameters that are required or token inputs (``attention_mask``,
     ``position_ids``... even with a default of None), as the model's ``init_weights``
@@ -178,7 +178,8 @@ def _default_input(model: Any, name: str, tokens: tuple[int, ...], argname: str)
 def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayTree:
     """Returns the input a Hugging Face model is traced with.
 
-    Without ``given``, every positional input its module's ``__call__`` requires is
+    Without ``given``, every positional input its module's ``__call__`` requires, and
+    the token inputs it takes positionally after them (:func:`_traced_positional`), is
     built from the config as its ``init_weights`` builds them: token inputs
     (``input_ids``, ``attention_mask``, ``position_ids``...) int32 of shape ``(1,
     min(max_position_embeddings, 16))``, ``pixel_values`` float32 of the model's
@@ -205,7 +206,7 @@ def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayT
     >>> hf_sample_input(SimpleNamespace(module=Net(), config=config), None, "dst_def")
     Inputs(shape (1, 16) dtype int32, shape (1, 16) dtype int32)
     """
-    names = _required_positional(model.module)
+    names = _traced_positional(model.module)
     if isinstance(given, Inputs) or (given is not None and len(names) <= 1):
         return given
     if given is not None:
