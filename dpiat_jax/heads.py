@@ -34,10 +34,21 @@ alike) are read as the factors of that axis (:func:`head_factors`);
 heads kept or dropped, centred, the head dimension cropped inside each head, whatever
 the head counts.
 
-Limits: only separate head axes get the grouped mapping (heads fused into one axis
-are mapped as plain multi-head attention: grouped-query attention whose heads share an
-axis with the head dimension is left to the crop of :func:`head_parts`); a stacked
-(scanned) tensor keeps the plain crop of its grouped heads.
+Grouped-query attention whose heads share an axis with the head dimension (Llama's
+``Dense(kv_heads * head_dim)``, its kv heads repeated to the query heads) shows a query
+axis of factors ``(kv groups, heads per group, head_dim)`` and kv axes of
+``(kv heads, head_dim)`` (:func:`group_sides`). Grouped on both sides, the per-factor
+rule keeps each query head with its group's kv head. Grouped on one side only
+(multi-head <-> grouped-query), :func:`with_groups` reads the multi-head side's heads
+as groups too, ``(kv groups, heads / kv groups, head_dim)``, a kv head per query
+head: toward grouped-query attention each target kv head takes the kv head of one of
+its group's source query heads (the middle one, which the centre crop of the query
+heads keeps); from it, each target kv head takes its group's one kv head, repeated
+(:attr:`~dpiat_jax.variables.TensorMove.broadcast`), which is exactly the source's
+attention where the head counts agree.
+
+Limits: a stacked (scanned) tensor with grouped heads on a separate axis keeps the
+plain crop of its grouped heads.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from dpiat_jax.trace.factors import Atom, FactorFlow
 from dpiat_jax.types import Shape
@@ -57,10 +69,14 @@ __all__ = [
     "head_parts",
     "head_factors",
     "with_factors",
+    "group_sides",
+    "with_groups",
     "clip_map",
     "head_maps",
     "with_heads",
 ]
+
+_T = TypeVar("_T")
 
 #: ``((axis, factor sizes major first), ...)``: the factored axes of one tensor.
 AxisFactors = tuple[tuple[int, Shape], ...]
@@ -305,8 +321,8 @@ def head_factors(flow: FactorFlow) -> dict[TensorKey, AxisFactors]:
     return {key: tuple(sorted(axes.items())) for key, axes in found.items()}
 
 
-def _step(axes: AxisFactors, index: tuple[int, int] | None) -> dict[int, Shape]:
-    """A stacked tensor's factored axes as one step's axes (the step axis dropped)."""
+def _step(axes: Sequence[tuple[int, _T]], index: tuple[int, int] | None) -> dict[int, _T]:
+    """A stacked tensor's per-axis records as one step's (the step axis dropped)."""
     if index is None:
         return dict(axes)
     return {a - (a > index[0]): f for a, f in axes if a != index[0]}
@@ -356,6 +372,167 @@ def with_factors(
         )
         usable = factors and not move.positional and len(move.src_shape) == len(move.dst_shape)
         out.append(dataclasses.replace(move, factors=factors) if usable else move)
+    return tuple(out)
+
+
+def _factor_classes(
+    flow: FactorFlow, factors: Mapping[TensorKey, AxisFactors]
+) -> dict[Atom, list[tuple[TensorKey, int, Shape]]]:
+    """Root -> ``(tensor, axis, factors)`` of every factored axis whose major factor the
+    program lines up with others' (a head axis's heads); an axis whose heads are lined
+    up with nothing (a bias) joins the class of the tensor it is lined up with whole."""
+    index = {key: p for p, key in enumerate(flow.keys)}
+    roots: dict[tuple[int, int], Atom] = {}
+    axes = [(index[key], axis, f) for key, found in factors.items() for axis, f in found]
+    for p, axis, f in axes:
+        major = (p, axis, math.prod(f[1:]), f[0], 0)
+        if len(flow.members(major)) > 1:
+            roots[(p, axis)] = flow.root(major)
+    for p, axis, _ in axes:
+        n = flow.shapes[p][axis]
+        lined = [(q, e) for q, e, s, m, _ in flow.members((p, axis, 1, n, 0)) if s == 1 and m == n]
+        root = next((roots[a] for a in lined if a in roots), None)
+        if (p, axis) not in roots and root is not None:
+            roots[(p, axis)] = root
+    out: dict[Atom, list[tuple[TensorKey, int, Shape]]] = {}
+    for p, axis, f in axes:
+        if (p, axis) in roots:
+            out.setdefault(roots[(p, axis)], []).append((flow.keys[p], axis, f))
+    return out
+
+
+def group_sides(
+    flow: FactorFlow, factors: Mapping[TensorKey, AxisFactors]
+) -> dict[TensorKey, tuple[tuple[int, bool], ...]]:
+    """Finds the grouped-query attention among the axes that hold heads and the head
+    dimension in one.
+
+    The query heads of grouped-query attention line up with kv heads repeated to them:
+    the query-side axes (query, output projection) factor as ``(kv groups, heads per
+    group, *head_dim)``, the kv-side axes as ``(kv heads, *head_dim)``, and their major
+    factors (the groups, the kv heads) are lined up by the attention product. So a
+    class of lined-up heads is grouped when its major factors stride over two block
+    sizes, one ``heads per group`` times the other (a rotary embedding's split of the
+    head dimension changes the factor count, not the block size).
+
+    Args:
+      flow: the model's :class:`~dpiat_jax.trace.factors.FactorFlow`.
+      factors: its :func:`head_factors`.
+
+    Returns:
+      Tensor key -> ``((axis, kv), ...)`` for the factored axes of grouped-query
+      attention (``kv`` True for a kv-side axis); plain multi-head attention and fused
+      projections are not listed.
+    """
+    out: dict[TensorKey, list[tuple[int, bool]]] = {}
+    for members in _factor_classes(flow, factors).values():
+        blocks = sorted({math.prod(f[1:]) for _, _, f in members})
+        if len({f[0] for _, _, f in members}) != 1 or len(blocks) != 2:
+            continue
+        kv_block, query_block = blocks
+        group = query_block // kv_block
+        if query_block % kv_block or any(
+            len(f) < 3 for _, _, f in members if math.prod(f[1:]) == query_block
+        ):
+            continue
+        if any(f[1] != group for _, _, f in members if math.prod(f[1:]) == query_block):
+            continue
+        for key, axis, f in members:
+            out.setdefault(key, []).append((axis, math.prod(f[1:]) == kv_block))
+    return {key: tuple(sorted(axes)) for key, axes in out.items()}
+
+
+def _as_groups(heads: int, groups: int, rest: Shape) -> Shape:
+    """Multi-head factors ``(heads, *rest)`` read as ``groups`` groups of one kv head
+    per query head (each head its own group when ``groups`` does not divide ``heads``)."""
+    if heads % groups == 0:
+        return (groups, heads // groups, *rest)
+    return (heads, 1, *rest)
+
+
+def _one_sided(
+    move: TensorMove,
+    axis: int,
+    dst: tuple[Shape, bool | None],
+    src: tuple[Shape, bool | None],
+) -> tuple[tuple[int, Shape, Shape], tuple[int, int] | None] | None:
+    """``(factors entry, broadcast entry)`` of an axis grouped on one side only; None
+    when the factors do not fit that reading."""
+    (dst_f, dst_kv), (src_f, src_kv) = dst, src
+    if (dst_kv is None) == (src_kv is None):
+        return None
+    grouped, plain = (dst_f, src_f) if dst_kv is not None else (src_f, dst_f)
+    kv = dst_kv if dst_kv is not None else src_kv
+    rest = grouped[1:] if kv else grouped[2:]
+    if len(plain) != len(rest) + 1:
+        return None
+    plain = _as_groups(plain[0], grouped[0], plain[1:])
+    if kv:
+        grouped = (grouped[0], 1, *rest)
+    new_src, new_dst = (plain, grouped) if dst_kv is not None else (grouped, plain)
+    if (
+        axis >= len(move.dst_shape)
+        or math.prod(new_src) != move.moved_shape[axis]
+        or math.prod(new_dst) != move.dst_shape[axis]
+    ):
+        return None
+    broadcast = (axis, 1) if kv and src_kv is not None else None
+    return (axis, new_src, new_dst), broadcast
+
+
+def with_groups(
+    moves: Sequence[TensorMove],
+    dst_factors: Mapping[TensorKey, AxisFactors],
+    src_factors: Mapping[TensorKey, AxisFactors],
+    dst_groups: Mapping[TensorKey, tuple[tuple[int, bool], ...]],
+    src_groups: Mapping[TensorKey, tuple[tuple[int, bool], ...]],
+) -> tuple[TensorMove, ...]:
+    """Maps the heads of grouped-query attention in one axis to their groups when the
+    other side is plain multi-head attention.
+
+    The multi-head side's factors ``(heads, *head_dim)`` are read as groups of one kv
+    head per query head, ``(kv groups, heads / kv groups, *head_dim)``, and a grouped
+    kv axis ``(kv heads, *head_dim)`` as ``(kv heads, 1, *head_dim)``; the move then
+    goes per factor. Toward grouped-query attention the target's one kv head per group
+    is the crop of the source group's kv heads (the middle one, whose query head the
+    centre crop keeps); from it, the group's kv head is repeated to every target kv
+    head of the group (:attr:`~dpiat_jax.variables.TensorMove.broadcast`).
+
+    Args:
+      moves: the planned moves (after :func:`with_factors`).
+      dst_factors, src_factors: both sides' :func:`head_factors`.
+      dst_groups, src_groups: both sides' :func:`group_sides`.
+
+    Returns:
+      The moves, with the factors (and broadcast) of one-sided grouped axes set.
+
+    >>> move = TensorMove(("params", "k"), ("params", "k"), "k", "k", (8, 32), (8, 8), (8, 32))
+    >>> out = with_groups([move], {("params", "k"): ((1, (2, 4)),)},
+    ...                   {("params", "k"): ((1, (8, 4)),)}, {("params", "k"): ((1, True),)}, {})
+    >>> out[0].factors
+    ((1, (2, 4, 4), (2, 1, 4)),)
+    """
+    out = []
+    for move in moves:
+        dst_axes = _step(dst_factors.get(move.dst, ()), move.dst_index)
+        src_axes = _step(src_factors.get(move.src, ()), move.src_index)
+        dst_kv = _step(dst_groups.get(move.dst, ()), move.dst_index)
+        src_kv = _step(src_groups.get(move.src, ()), move.src_index)
+        found = [
+            _one_sided(
+                move, axis, (dst_axes[axis], dst_kv.get(axis)), (src_axes[axis], src_kv.get(axis))
+            )
+            for axis in sorted(set(dst_axes) & set(src_axes))
+        ]
+        found = [f for f in found if f is not None]
+        if not found or move.positional or len(move.src_shape) != len(move.dst_shape):
+            out.append(move)
+            continue
+        entries = {a: (a, s, d) for a, s, d in move.factors}
+        entries.update({entry[0]: entry for entry, _ in found})
+        broadcast = tuple(b for _, b in found if b is not None)
+        factors = tuple(entries[a] for a in sorted(entries))
+        out.append(dataclasses.replace(move, factors=factors, broadcast=broadcast))
     return tuple(out)
 
 

@@ -573,6 +573,7 @@ def _move_from(data: dict) -> TensorMove:
     for name in ("src_index", "dst_index", "parts"):
         if data.get(name) is not None:
             data[name] = tuple(data[name])
+    data["broadcast"] = tuple(tuple(x) for x in data.get("broadcast", ()))
     return TensorMove(**data)
 
 

@@ -15,7 +15,8 @@ Heads fused into one axis with the head dimension move per factor
 kept or dropped and the head dimension cropped inside each, whether the head count, the
 head dimension or both change. Where the structure asks for something a move cannot do
 (heads in one axis whose factors only one side's forward pass shows, grouped heads of a
-scanned tensor, grouped-query heads in one axis on one side only, a fused target whose
+scanned tensor, grouped-query heads in one axis on one side only that
+:func:`dpiat_jax.heads.with_groups` cannot read as groups, a fused target whose
 source is not split alike, a scan inside a scan whose inner step count changes), the
 tensor moves as one tensor by the rule and a :class:`StructureWarning` names it.
 """
@@ -34,10 +35,12 @@ from dpiat_jax.fused import FusedRule, reshaped_parts, with_parts
 from dpiat_jax.heads import (
     AxisFactors,
     HeadAxis,
+    group_sides,
     head_axes,
     head_factors,
     head_parts,
     with_factors,
+    with_groups,
     with_heads,
 )
 from dpiat_jax.matching import LayerPair
@@ -77,6 +80,8 @@ class Structure:
       heads: tensor key -> its separate :class:`~dpiat_jax.heads.HeadAxis`.
       factors: tensor key -> the factors of its axes that hold heads and the head
         dimension in one (:func:`dpiat_jax.heads.head_factors`).
+      grouped: tensor key -> ``((axis, kv), ...)`` of its factored axes that belong to
+        grouped-query attention (:func:`dpiat_jax.heads.group_sides`).
 
     >>> Structure().fused
     {}
@@ -86,6 +91,9 @@ class Structure:
     head_chunks: Mapping[TensorKey, tuple[int, int]] = dataclasses.field(default_factory=dict)
     heads: Mapping[TensorKey, HeadAxis] = dataclasses.field(default_factory=dict)
     factors: Mapping[TensorKey, AxisFactors] = dataclasses.field(default_factory=dict)
+    grouped: Mapping[TensorKey, tuple[tuple[int, bool], ...]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def forward_structure(
@@ -124,7 +132,14 @@ def forward_structure(
         flow = factor_flow(module, variables, sample_input, call_kwargs)
     except Exception:  # noqa: BLE001 - the channel walk's finding, or none
         return Structure(fused_axes(module, variables, sample_input, call_kwargs))
-    return Structure(reshaped_parts(flow), head_parts(flow), head_axes(flow), head_factors(flow))
+    factors = head_factors(flow)
+    return Structure(
+        reshaped_parts(flow),
+        head_parts(flow),
+        head_axes(flow),
+        factors,
+        group_sides(flow, factors),
+    )
 
 
 _CACHE: dict[tuple, Structure] = {}
@@ -146,7 +161,7 @@ def model_structure(traced: Traced, model: Model) -> Structure | None:
     >>> from dpiat_jax.trace.adapter import adapt
     >>> model = adapt(nn.Dense(2), "dst_def")
     >>> model_structure(model.trace(None, jnp.zeros((1, 3)), {}, "dst_def"), model)
-    Structure(fused={}, head_chunks={}, heads={}, factors={})
+    Structure(fused={}, head_chunks={}, heads={}, factors={}, grouped={})
     """
     module = model.linen_module
     if module is None:
@@ -205,22 +220,29 @@ def _moved_whole(
         if grouped and stacked and move.src_shape != move.dst_shape:
             out.append((name, "grouped-query heads of a stacked tensor: cropped per axis"))
         if src is not None and _grouped_on_one_side(move, dst, src):
-            out.append((name, "grouped-query heads in one axis on one side only (kv heads "
-                        "repeated into groups of query heads on one side, one kv head per "
-                        "query head on the other): heads are cropped, not mapped to their "
-                        "groups"))  # fmt: skip
+            out.append((name, "grouped-query heads in one axis on one side only, whose "
+                        "other side's heads do not read as groups: heads are cropped, not "
+                        "mapped to their groups"))  # fmt: skip
     return list(dict.fromkeys(out))
 
 
 def _grouped_on_one_side(move: TensorMove, dst: Structure, src: Structure) -> bool:
-    """Whether a query-side axis holds one factor more on one side than on the other:
-    ``(kv groups, heads per group, head_dim)`` against ``(heads, head_dim)`` (a rotary
-    embedding splits head_dim once more on both). The kv heads, cropped per factor, then
-    do not serve the query heads that came from their group."""
+    """Whether an axis of grouped-query heads on one side only
+    (:func:`dpiat_jax.heads.with_groups`) was left unmapped: a query-side axis that holds
+    one factor more on one side than on the other (``(kv groups, heads per group,
+    head_dim)`` against ``(heads, head_dim)``), or a kv-side axis, whose move has no
+    per-factor entry. Its kv heads, cropped as one axis, would not serve the query
+    heads that came from their group."""
     dst_axes, src_axes = dict(dst.factors.get(move.dst, ())), dict(src.factors.get(move.src, ()))
+    dst_grouped = dict(dst.grouped.get(move.dst, ()))
+    src_grouped = dict(src.grouped.get(move.src, ()))
+    moved = {a for a, _, _ in move.factors}
+    unstacked = move.dst_index is None and move.src_index is None
     for axis, dst_factors in dst_axes.items():
         src_factors = src_axes.get(axis)
-        if src_factors is not None and len(src_factors) != len(dst_factors):
+        if src_factors is None or axis in moved or not unstacked:
+            continue
+        if len(src_factors) != len(dst_factors) or (axis in dst_grouped) != (axis in src_grouped):
             return True
     return False
 
@@ -299,6 +321,9 @@ def structured_moves(
     if src_found is not None:
         moves = with_heads(moves, dst_found.heads, src_found.heads)
         moves = with_factors(moves, dst_found.factors, src_found.factors)
+        moves = with_groups(
+            moves, dst_found.factors, src_found.factors, dst_found.grouped, src_found.grouped
+        )
     whole = [*_moved_whole(moves, dst_found, src_found), *_nested_steps(moves, pairs)]
     if whole:
         shown = "; ".join(f"{name} ({why})" for name, why in whole[:6])

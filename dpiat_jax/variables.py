@@ -142,6 +142,10 @@ class TensorMove:
         dimension inside each head) and the result is reshaped back. A factored axis
         is no channel dimension of a channel-selecting rule (it follows the centre
         crop per factor, ``uniform`` its even spacing per factor).
+      broadcast: ``(axis, factor)`` for every source factor of size 1 that is repeated
+        to the target factor's size before the rule (the one kv head of a group of
+        grouped-query attention becomes the kv head of each of its query heads in a
+        target with one kv head per query head; :func:`dpiat_jax.heads.with_groups`).
 
     >>> move = TensorMove(("params", "d", "kernel"), ("params", "s", "kernel"), "d", "s",
     ...                   (3, 8), (3, 4), (3, 8))
@@ -165,11 +169,14 @@ class TensorMove:
     src_index: tuple[int, int] | None = None
     dst_index: tuple[int, int] | None = None
     factors: tuple[tuple[int, Shape, Shape], ...] = ()
+    broadcast: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         # a plan read back from JSON gives lists: stored as tuples (hashable, comparable)
         factors = tuple((int(a), tuple(s), tuple(d)) for a, s, d in self.factors or ())
         object.__setattr__(self, "factors", factors)
+        broadcast = tuple((int(a), int(f)) for a, f in self.broadcast or ())
+        object.__setattr__(self, "broadcast", broadcast)
 
     @property
     def overlap(self) -> int:
@@ -177,6 +184,7 @@ class TensorMove:
         factored axis)."""
         sizes = [min(a, b) for a, b in zip(self.moved_shape, self.dst_shape)]
         for axis, src, dst in factored_axes(self.factors, self.moved_shape, self.dst_shape):
+            src = _broadcast_factors(axis, src, dst, self.broadcast)
             sizes[axis] = math.prod(min(a, b) for a, b in zip(src, dst))
         return math.prod(sizes)
 
@@ -196,6 +204,18 @@ class TensorMove:
             n = min(self.moved_shape[axis], self.dst_shape[axis])
             src[axis] = dst[axis] = slice(0, n)
         return tuple(src), tuple(dst)
+
+
+def _broadcast_factors(
+    axis: int, src: Shape, dst: Shape, broadcast: Sequence[tuple[int, int]]
+) -> Shape:
+    """The source factors of ``axis`` once its broadcast factors (size 1) take the
+    target's sizes."""
+    out = list(src)
+    for a, f in broadcast:
+        if a == axis and f < len(out) and out[f] == 1:
+            out[f] = dst[f]
+    return tuple(out)
 
 
 def factored_axes(
@@ -528,6 +548,12 @@ def _apply_factored(
     split of a factored axis is implied by its factors)."""
     src_shape = _expanded(tuple(source.shape), [(a, s) for a, s, _ in factors])
     dst_shape = _expanded(tuple(dst.shape), [(a, d) for a, _, d in factors])
+    source = jnp.reshape(source, src_shape)
+    for axis, f in move.broadcast:
+        at = _new_axis(axis, factors) + f
+        if any(a == axis for a, _, _ in factors) and source.shape[at] == 1:
+            source = jnp.repeat(source, dst_shape[at], axis=at)
+    src_shape = tuple(source.shape)
     factored = {a for a, _, _ in factors}
     parts = move.parts
     if parts is not None:
@@ -538,6 +564,7 @@ def _apply_factored(
         dst_shape=dst_shape,
         moved_shape=src_shape,
         factors=(),
+        broadcast=(),
         parts=parts,
         channel_axes=None
         if move.channel_axes is None
@@ -546,9 +573,7 @@ def _apply_factored(
         selections=(),
     )
     moved = {_new_axis(a, factors): v for a, v in chosen.items() if a not in factored}
-    new = _apply_one(
-        inner, rule, jnp.reshape(source, src_shape), jnp.reshape(dst, dst_shape), rng, moved
-    )
+    new = _apply_one(inner, rule, source, jnp.reshape(dst, dst_shape), rng, moved)
     return jnp.reshape(new, dst.shape)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -442,7 +443,49 @@ def test_grouped_heads_in_one_axis_keep_each_query_head_with_its_kv_head(src, ds
             assert group == source // (src[0] // src[1]), (head, q, kv)
 
 
-def test_grouped_heads_in_one_axis_on_one_side_only_are_named():
-    src = FusedGrouped(4, 2)
-    with pytest.warns(StructureWarning, match=r"params/q/kernel \(grouped-query heads in one"):
-        dpiat_jax.plan(src, FusedGrouped(4, 4), sample_input=X)
+def _kv_of(head: int, heads: tuple[int, int]) -> int:
+    """The kv head that query ``head`` reads, of ``(heads, kv_heads)``."""
+    return head // (heads[0] // heads[1])
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [((4, 4), (4, 2)), ((4, 2), (4, 4)), ((8, 8), (4, 2)), ((4, 2), (8, 8)), ((2, 2), (8, 4))],
+    ids=["mha-gqa", "gqa-mha", "mha8-gqa4", "gqa4-mha8", "indivisible"],
+)
+def test_grouped_heads_in_one_axis_on_one_side_map_to_their_groups(src, dst):
+    """Multi-head <-> grouped-query attention in one axis: a target group whose query
+    heads are seeded reads the kv head of one of their source query heads (of the only
+    one toward multi-head attention, where each group is one query head); no warning:
+    nothing is cropped blindly."""
+    src_model, dst_model = FusedGrouped(*src), FusedGrouped(*dst)
+    variables = src_model.init(KEY, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        out = dpiat_jax.transfer(variables, src_model, dst_model, jax.random.key(1), sample_input=X)
+    p, o = variables["params"], out["params"]
+    q = _fused_heads_of(p["q"]["kernel"], o["q"]["kernel"], (src[0], dst[0]))
+    kv = _fused_heads_of(p["k"]["kernel"], o["k"]["kernel"], (src[1], dst[1]))
+    assert sum(s is not None for s in q) >= min(src[0], dst[0]) // 2, q
+    for group in range(dst[1]):
+        seeded = [(h, s) for h, s in enumerate(q) if s is not None]
+        read = {_kv_of(s, src) for h, s in seeded if _kv_of(h, dst) == group}
+        assert not read or kv[group] in read, (group, q, kv)
+    assert jnp.all(jnp.isfinite(dst_model.apply(out, X)))
+
+
+def test_grouped_to_multi_head_attention_in_one_axis_is_exact():
+    """With as many query heads, grouped-query attention is multi-head attention with
+    each group's kv head repeated: the target computes the source's function."""
+    src_model, dst_model = FusedGrouped(4, 2), FusedGrouped(4, 4)
+    variables = src_model.init(KEY, X)
+    out = dpiat_jax.transfer(variables, src_model, dst_model, jax.random.key(1), sample_input=X)
+    np.testing.assert_allclose(
+        dst_model.apply(out, X), src_model.apply(variables, X), rtol=1e-5, atol=1e-6
+    )
+    plan = dpiat_jax.plan(src_model, dst_model, sample_input=X)
+    k = next(m for m in plan.moves if m.dst == ("params", "k", "kernel"))
+    assert (k.factors, k.broadcast) == (((1, (2, 1, 4), (2, 2, 4)),), ((1, 1),))
+    again = dpiat_jax.TransferPlan.from_json(plan.to_json(), dst_model)
+    assert again.moves == plan.moves
+    chex.assert_trees_all_equal(again.apply(variables, jax.random.key(1)), out)

@@ -120,9 +120,40 @@ def test_width_growth_with_a_widening_rule_seeds_every_layer():
     runs(dst, the_plan.apply(params(2, 4, 2), key(0))["params"])
 
 
-def test_grouped_on_one_side_only_is_named():
-    with pytest.warns(StructureWarning, match=r"self_attn/q_proj/kernel \(grouped-query"):
-        dpiat_jax.plan(llama(2, 4, 2), llama(2, 4, 4), src_variables=params(2, 4, 2))
+@pytest.mark.parametrize(("src", "dst"), [((4, 4), (4, 2)), ((4, 2), (4, 4)), ((8, 8), (4, 2))])
+def test_multi_head_and_grouped_query_attention_map_heads_to_groups(src, dst):
+    """Multi-head <-> grouped-query attention (Llama with as many kv heads as heads is
+    multi-head): a target group with seeded query heads reads the kv head of one of
+    them; no warning."""
+    source = params(2, *src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        out = dpiat_jax.transfer(source, llama(2, *src), llama(2, *dst), key(1))
+    runs(llama(2, *dst), out)
+    s = source["model"]["layers"]["0"]["self_attn"]
+    o = out["model"]["layers"]["0"]["self_attn"]
+    q = heads_of(s["q_proj"]["kernel"], o["q_proj"]["kernel"], (src[0], dst[0]))
+    kv = heads_of(s["k_proj"]["kernel"], o["k_proj"]["kernel"], (src[1], dst[1]))
+    assert sum(h is not None for h in q) >= min(src[0], dst[0]) // 2, q
+    for group in range(dst[1]):
+        read = {
+            h // (src[0] // src[1])
+            for t, h in enumerate(q)
+            if h is not None and t // (dst[0] // dst[1]) == group
+        }
+        assert not read or kv[group] in read, (group, q, kv)
+
+
+def test_grouped_query_to_multi_head_attention_is_exact():
+    """Grouped-query attention is multi-head attention with each group's kv head
+    repeated: a Llama of 4 heads / 2 kv heads moved into one of 4 / 4 computes the same
+    logits."""
+    out = dpiat_jax.transfer(params(2, 4, 2), llama(2, 4, 2), llama(2, 4, 4), key(1))
+    logits = [
+        jax.jit(lambda p, m=model: m(IDS, params=p).logits)(v)
+        for model, v in [(llama(2, 4, 2), params(2, 4, 2)), (llama(2, 4, 4), out)]
+    ]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-5)
 
 
 def test_model_objects_go_in_and_identity_is_exact():
