@@ -37,15 +37,16 @@ the head counts.
 Grouped-query attention whose heads share an axis with the head dimension (Llama's
 ``Dense(kv_heads * head_dim)``, its kv heads repeated to the query heads) shows a query
 axis of factors ``(kv groups, heads per group, head_dim)`` and kv axes of
-``(kv heads, head_dim)`` (:func:`group_sides`). Grouped on both sides, the per-factor
-rule keeps each query head with its group's kv head. Grouped on one side only
-(multi-head <-> grouped-query), :func:`with_groups` reads the multi-head side's heads
-as groups too, ``(kv groups, heads / kv groups, head_dim)``, a kv head per query
-head: toward grouped-query attention each target kv head takes the kv head of one of
-its group's source query heads (the middle one, which the centre crop of the query
-heads keeps); from it, each target kv head takes its group's one kv head, repeated
-(:attr:`~dpiat_jax.variables.TensorMove.broadcast`), which is exactly the source's
-attention where the head counts agree.
+``(kv heads, head_dim)`` (:func:`group_sides`); multi-query attention (one kv head,
+Gemma 2B's) shows no kv heads at all, and is read as one group (:func:`single_kv`).
+Grouped alike on both sides, the per-factor rule keeps each query head with its
+group's kv head. Grouped differently (multi-head, grouped-query and multi-query
+attention between them), :func:`with_groups` regroups: with as many query heads, the
+query axis moves as it is and each target kv head takes the kv head its query heads
+read, repeated (:attr:`~dpiat_jax.variables.TensorMove.broadcast`) where the target has
+more kv heads, so the target computes the source's function; with fewer, the middle one
+of those it merges. With other head counts a multi-head side is read as groups of the
+grouped side's count and the move goes per factor.
 
 Limits: a stacked (scanned) tensor with grouped heads on a separate axis keeps the
 plain crop of its grouped heads.
@@ -69,7 +70,9 @@ __all__ = [
     "head_parts",
     "head_factors",
     "with_factors",
+    "GroupSide",
     "group_sides",
+    "single_kv",
     "with_groups",
     "clip_map",
     "head_maps",
@@ -113,7 +116,7 @@ class HeadAxis:
 
 def _head_classes(flow: FactorFlow) -> dict[Atom, list[Atom]]:
     """Root -> the parameter atoms of every class lined up as attention heads."""
-    roots = dict.fromkeys(flow.root(a) for a in sorted(flow.batch))
+    roots = dict.fromkeys(flow.root(a) for a in sorted(flow.batch | flow.lone))
     return {r: [a for a in flow.members(r) if a[0] >= 0] for r in roots}
 
 
@@ -250,7 +253,7 @@ def _bounds(flow: FactorFlow, axes: set[tuple[int, int]]) -> set[int]:
     parameter axes) cut them: ``s`` and ``s * n`` of every atom, and the width of every
     equal cut into pieces."""
     bounds: set[int] = set()
-    for p, d, s, n, _ in [*flow.classes, *flow.batch]:
+    for p, d, s, n, _ in [*flow.classes, *flow.batch, *flow.lone]:
         if (p, d) in axes:
             bounds.update((s, s * n))
     for (p, d, s, n, _), pieces in flow.cuts.items():
@@ -403,7 +406,7 @@ def _factor_classes(
 
 def group_sides(
     flow: FactorFlow, factors: Mapping[TensorKey, AxisFactors]
-) -> dict[TensorKey, tuple[tuple[int, bool], ...]]:
+) -> dict[TensorKey, tuple[GroupSide, ...]]:
     """Finds the grouped-query attention among the axes that hold heads and the head
     dimension in one.
 
@@ -420,11 +423,11 @@ def group_sides(
       factors: its :func:`head_factors`.
 
     Returns:
-      Tensor key -> ``((axis, kv), ...)`` for the factored axes of grouped-query
-      attention (``kv`` True for a kv-side axis); plain multi-head attention and fused
-      projections are not listed.
+      Tensor key -> ``((axis, kv, heads per group), ...)`` for the factored axes of
+      grouped-query attention (``kv`` True for a kv-side axis); plain multi-head
+      attention and fused projections are not listed.
     """
-    out: dict[TensorKey, list[tuple[int, bool]]] = {}
+    out: dict[TensorKey, list[GroupSide]] = {}
     for members in _factor_classes(flow, factors).values():
         blocks = sorted({math.prod(f[1:]) for _, _, f in members})
         if len({f[0] for _, _, f in members}) != 1 or len(blocks) != 2:
@@ -438,77 +441,144 @@ def group_sides(
         if any(f[1] != group for _, _, f in members if math.prod(f[1:]) == query_block):
             continue
         for key, axis, f in members:
-            out.setdefault(key, []).append((axis, math.prod(f[1:]) == kv_block))
+            kv = math.prod(f[1:]) == kv_block
+            out.setdefault(key, []).append((axis, kv, group))
     return {key: tuple(sorted(axes)) for key, axes in out.items()}
 
 
-def _as_groups(heads: int, groups: int, rest: Shape) -> Shape:
-    """Multi-head factors ``(heads, *rest)`` read as ``groups`` groups of one kv head
-    per query head (each head its own group when ``groups`` does not divide ``heads``)."""
-    if heads % groups == 0:
-        return (groups, heads // groups, *rest)
-    return (heads, 1, *rest)
+def single_kv(
+    flow: FactorFlow, factors: Mapping[TensorKey, AxisFactors]
+) -> tuple[dict[TensorKey, AxisFactors], dict[TensorKey, tuple[GroupSide, ...]]]:
+    """Finds multi-query attention (one kv head for every query head) among the axes
+    that hold heads and the head dimension in one.
+
+    Its one kv head is broadcast to the query heads, so the attention product lines
+    the query heads up with no parameter's axis (:attr:`FactorFlow.lone`), and the kv
+    projections have no heads factor. They are read as grouped-query attention of one
+    group: query-side factors ``(1, heads, *head_dim)``, and for every unfactored axis
+    one head long that the program lines up with a query-side axis's head dimension (the
+    key against the query, the value into the output projection) ``(1, *head_dim)``.
+
+    Args:
+      flow: the model's :class:`~dpiat_jax.trace.factors.FactorFlow`.
+      factors: its :func:`head_factors`.
+
+    Returns:
+      ``(factors, sides)``: the factors of those axes in that reading, and their
+      :func:`group_sides` entries (``kv`` True for the kv projections).
+    """
+    batch = {flow.root(a) for a in flow.batch}
+    lone = {flow.root(a) for a in flow.lone} - batch
+    index = {key: p for p, key in enumerate(flow.keys)}
+    factored = {(index[key], axis) for key, found in factors.items() for axis, _ in found}
+    new: dict[TensorKey, dict[int, Shape]] = {}
+    sides: dict[TensorKey, dict[int, tuple[bool, int]]] = {}
+    for root, members in _factor_classes(flow, factors).items():
+        if root not in lone:
+            continue
+        for key, axis, f in members:
+            new.setdefault(key, {})[axis] = (1, *f)
+            sides.setdefault(key, {})[axis] = (False, f[0])
+            p, block = index[key], math.prod(f[1:])
+            minor = [(p, axis, math.prod(f[i + 1 :]), f[i], 0) for i in range(1, len(f))]
+            minor.append((p, axis, 1, block, 0))
+            for q, e, _, _, _ in [m for atom in minor for m in flow.members(atom)]:
+                if q < 0 or q == p or (q, e) in factored or flow.shapes[q][e] != block:
+                    continue
+                new.setdefault(flow.keys[q], {}).setdefault(e, (1, *f[1:]))
+                sides.setdefault(flow.keys[q], {}).setdefault(e, (True, f[0]))
+    return (
+        {key: tuple(sorted(axes.items())) for key, axes in new.items()},
+        {key: tuple((a, *side) for a, side in sorted(axes.items())) for key, axes in sides.items()},
+    )
 
 
-def _one_sided(
-    move: TensorMove,
-    axis: int,
-    dst: tuple[Shape, bool | None],
-    src: tuple[Shape, bool | None],
-) -> tuple[tuple[int, Shape, Shape], tuple[int, int] | None] | None:
-    """``(factors entry, broadcast entry)`` of an axis grouped on one side only; None
-    when the factors do not fit that reading."""
-    (dst_f, dst_kv), (src_f, src_kv) = dst, src
-    if (dst_kv is None) == (src_kv is None):
-        return None
-    grouped, plain = (dst_f, src_f) if dst_kv is not None else (src_f, dst_f)
-    kv = dst_kv if dst_kv is not None else src_kv
-    rest = grouped[1:] if kv else grouped[2:]
-    if len(plain) != len(rest) + 1:
-        return None
-    plain = _as_groups(plain[0], grouped[0], plain[1:])
+#: ``(axis, kv, heads per group)`` of a factored axis of grouped-query attention.
+GroupSide = tuple[int, bool, int]
+
+
+def _grouping(factors: Shape, side: tuple[bool, int] | None) -> tuple[int, int, Shape, bool | None]:
+    """``(kv groups, query heads, head_dim factors, kv)`` of a factored axis: plain
+    multi-head ``(heads, *head_dim)`` (``side`` None: a group per head), a grouped
+    query-side ``(groups, heads per group, *head_dim)`` or kv-side ``(kv heads,
+    *head_dim)`` axis."""
+    if side is None:
+        return factors[0], factors[0], factors[1:], None
+    kv, per_group = side
     if kv:
-        grouped = (grouped[0], 1, *rest)
-    new_src, new_dst = (plain, grouped) if dst_kv is not None else (grouped, plain)
-    if (
-        axis >= len(move.dst_shape)
-        or math.prod(new_src) != move.moved_shape[axis]
-        or math.prod(new_dst) != move.dst_shape[axis]
-    ):
+        return factors[0], factors[0] * per_group, factors[1:], True
+    return factors[0], factors[0] * factors[1], factors[2:], False
+
+
+def _regrouped(
+    src: tuple[int, int, Shape, bool | None], dst: tuple[int, int, Shape, bool | None]
+) -> tuple[Shape, Shape, bool] | None:
+    """``(source factors, target factors, broadcast)`` of an axis whose two sides group
+    their heads differently; None where the reading does not apply."""
+    (k_src, h_src, r_src, kv_src), (k_dst, h_dst, r_dst, kv_dst) = src, dst
+    kinds = {kv_src, kv_dst} - {None}
+    if len(kinds) != 1 or len(r_src) != len(r_dst):
         return None
-    broadcast = (axis, 1) if kv and src_kv is not None else None
-    return (axis, new_src, new_dst), broadcast
+    (kv,) = kinds
+    if (k_src, h_src, kv_src) == (k_dst, h_dst, kv_dst):
+        return None  # grouped alike: per factor as it is
+    small, large = sorted((k_src, k_dst))
+    if h_src == h_dst and large % small == 0:
+        if not kv:  # the same query heads: read both sides in the finer groups
+            return (large, h_src // large, *r_src), (large, h_dst // large, *r_dst), False
+        if k_dst >= k_src:  # each source kv head serves k_dst / k_src target kv heads
+            return (k_src, 1, *r_src), (k_src, k_dst // k_src, *r_dst), k_dst > k_src
+        return (k_dst, k_src // k_dst, *r_src), (k_dst, 1, *r_dst), False
+    if kv_src is not None and kv_dst is not None:
+        return None  # grouped on both sides, other head counts: per factor as it is
+    groups = k_dst if kv_src is None else k_src
+
+    def as_groups(k: int, h: int, rest: Shape, side: bool | None) -> Shape:
+        if side is not None:
+            return (k, 1, *rest) if side else (k, h // k, *rest)
+        return (groups, h // groups, *rest) if h % groups == 0 else (h, 1, *rest)
+
+    return as_groups(*src), as_groups(*dst), bool(kv and kv_dst is None)
+
+
+def _sides(
+    groups: Sequence[GroupSide], index: tuple[int, int] | None
+) -> dict[int, tuple[bool, int]]:
+    """Axis -> ``(kv, heads per group)`` of one step of a tensor."""
+    return _step([(axis, (kv, per_group)) for axis, kv, per_group in groups], index)
 
 
 def with_groups(
     moves: Sequence[TensorMove],
     dst_factors: Mapping[TensorKey, AxisFactors],
     src_factors: Mapping[TensorKey, AxisFactors],
-    dst_groups: Mapping[TensorKey, tuple[tuple[int, bool], ...]],
-    src_groups: Mapping[TensorKey, tuple[tuple[int, bool], ...]],
+    dst_groups: Mapping[TensorKey, tuple[GroupSide, ...]],
+    src_groups: Mapping[TensorKey, tuple[GroupSide, ...]],
 ) -> tuple[TensorMove, ...]:
     """Maps the heads of grouped-query attention in one axis to their groups when the
-    other side is plain multi-head attention.
+    two sides group them differently.
 
-    The multi-head side's factors ``(heads, *head_dim)`` are read as groups of one kv
-    head per query head, ``(kv groups, heads / kv groups, *head_dim)``, and a grouped
-    kv axis ``(kv heads, *head_dim)`` as ``(kv heads, 1, *head_dim)``; the move then
-    goes per factor. Toward grouped-query attention the target's one kv head per group
-    is the crop of the source group's kv heads (the middle one, whose query head the
-    centre crop keeps); from it, the group's kv head is repeated to every target kv
-    head of the group (:attr:`~dpiat_jax.variables.TensorMove.broadcast`).
+    Plain multi-head attention is read as one kv head per query head. With as many
+    query heads on both sides, the query axis moves as it is (read in the finer of the
+    two groupings) and each target kv head takes the source kv head its query heads
+    read: repeated (:attr:`~dpiat_jax.variables.TensorMove.broadcast`) where the
+    target has more kv heads, the middle one of the source kv heads it merges where it
+    has fewer; a 4-head model with 2 kv heads moved into one with 4 computes the
+    source's function. With other head counts, a multi-head side is read as groups of
+    the grouped side's count, ``(kv groups, heads / kv groups, *head_dim)``, and the
+    move goes per factor (both sides grouped: :func:`with_factors` already does).
 
     Args:
       moves: the planned moves (after :func:`with_factors`).
       dst_factors, src_factors: both sides' :func:`head_factors`.
-      dst_groups, src_groups: both sides' :func:`group_sides`.
+      dst_groups, src_groups: both sides' :func:`group_sides` (and :func:`single_kv`).
 
     Returns:
-      The moves, with the factors (and broadcast) of one-sided grouped axes set.
+      The moves, with the factors (and broadcast) of those axes set.
 
     >>> move = TensorMove(("params", "k"), ("params", "k"), "k", "k", (8, 32), (8, 8), (8, 32))
     >>> out = with_groups([move], {("params", "k"): ((1, (2, 4)),)},
-    ...                   {("params", "k"): ((1, (8, 4)),)}, {("params", "k"): ((1, True),)}, {})
+    ...                   {("params", "k"): ((1, (8, 4)),)}, {("params", "k"): ((1, True, 4),)}, {})
     >>> out[0].factors
     ((1, (2, 4, 4), (2, 1, 4)),)
     """
@@ -516,23 +586,30 @@ def with_groups(
     for move in moves:
         dst_axes = _step(dst_factors.get(move.dst, ()), move.dst_index)
         src_axes = _step(src_factors.get(move.src, ()), move.src_index)
-        dst_kv = _step(dst_groups.get(move.dst, ()), move.dst_index)
-        src_kv = _step(src_groups.get(move.src, ()), move.src_index)
-        found = [
-            _one_sided(
-                move, axis, (dst_axes[axis], dst_kv.get(axis)), (src_axes[axis], src_kv.get(axis))
+        dst_sides = _sides(dst_groups.get(move.dst, ()), move.dst_index)
+        src_sides = _sides(src_groups.get(move.src, ()), move.src_index)
+        entries = {a: (a, s, d) for a, s, d in move.factors}
+        broadcast = list(move.broadcast)
+        for axis in sorted(set(dst_axes) & set(src_axes)):
+            if axis not in dst_sides and axis not in src_sides:
+                continue
+            found = _regrouped(
+                _grouping(src_axes[axis], src_sides.get(axis)),
+                _grouping(dst_axes[axis], dst_sides.get(axis)),
             )
-            for axis in sorted(set(dst_axes) & set(src_axes))
-        ]
-        found = [f for f in found if f is not None]
-        if not found or move.positional or len(move.src_shape) != len(move.dst_shape):
+            if found is None or axis >= len(move.dst_shape):
+                continue
+            src, dst, repeat = found
+            if math.prod(src) != move.moved_shape[axis] or math.prod(dst) != move.dst_shape[axis]:
+                continue
+            entries[axis] = (axis, src, dst)
+            if repeat:
+                broadcast.append((axis, 1))
+        if move.positional or len(move.src_shape) != len(move.dst_shape):
             out.append(move)
             continue
-        entries = {a: (a, s, d) for a, s, d in move.factors}
-        entries.update({entry[0]: entry for entry, _ in found})
-        broadcast = tuple(b for _, b in found if b is not None)
         factors = tuple(entries[a] for a in sorted(entries))
-        out.append(dataclasses.replace(move, factors=factors, broadcast=broadcast))
+        out.append(dataclasses.replace(move, factors=factors, broadcast=tuple(broadcast)))
     return tuple(out)
 
 

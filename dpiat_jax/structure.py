@@ -34,11 +34,13 @@ from dpiat_jax.channels import fused_axes
 from dpiat_jax.fused import FusedRule, reshaped_parts, with_parts
 from dpiat_jax.heads import (
     AxisFactors,
+    GroupSide,
     HeadAxis,
     group_sides,
     head_axes,
     head_factors,
     head_parts,
+    single_kv,
     with_factors,
     with_groups,
     with_heads,
@@ -80,8 +82,9 @@ class Structure:
       heads: tensor key -> its separate :class:`~dpiat_jax.heads.HeadAxis`.
       factors: tensor key -> the factors of its axes that hold heads and the head
         dimension in one (:func:`dpiat_jax.heads.head_factors`).
-      grouped: tensor key -> ``((axis, kv), ...)`` of its factored axes that belong to
-        grouped-query attention (:func:`dpiat_jax.heads.group_sides`).
+      grouped: tensor key -> ``((axis, kv, heads per group), ...)`` of its factored
+        axes that belong to grouped-query attention (:func:`dpiat_jax.heads.group_sides`,
+        :func:`dpiat_jax.heads.single_kv` for one kv head).
 
     >>> Structure().fused
     {}
@@ -91,9 +94,7 @@ class Structure:
     head_chunks: Mapping[TensorKey, tuple[int, int]] = dataclasses.field(default_factory=dict)
     heads: Mapping[TensorKey, HeadAxis] = dataclasses.field(default_factory=dict)
     factors: Mapping[TensorKey, AxisFactors] = dataclasses.field(default_factory=dict)
-    grouped: Mapping[TensorKey, tuple[tuple[int, bool], ...]] = dataclasses.field(
-        default_factory=dict
-    )
+    grouped: Mapping[TensorKey, tuple[GroupSide, ...]] = dataclasses.field(default_factory=dict)
 
 
 def forward_structure(
@@ -133,12 +134,14 @@ def forward_structure(
     except Exception:  # noqa: BLE001 - the channel walk's finding, or none
         return Structure(fused_axes(module, variables, sample_input, call_kwargs))
     factors = head_factors(flow)
+    grouped = group_sides(flow, factors)
+    single, sides = single_kv(flow, factors)
     return Structure(
         reshaped_parts(flow),
         head_parts(flow),
         head_axes(flow),
-        factors,
-        group_sides(flow, factors),
+        {**factors, **single},
+        {**grouped, **sides},
     )
 
 
@@ -234,8 +237,8 @@ def _grouped_on_one_side(move: TensorMove, dst: Structure, src: Structure) -> bo
     per-factor entry. Its kv heads, cropped as one axis, would not serve the query
     heads that came from their group."""
     dst_axes, src_axes = dict(dst.factors.get(move.dst, ())), dict(src.factors.get(move.src, ()))
-    dst_grouped = dict(dst.grouped.get(move.dst, ()))
-    src_grouped = dict(src.grouped.get(move.src, ()))
+    dst_grouped = {axis for axis, *_ in dst.grouped.get(move.dst, ())}
+    src_grouped = {axis for axis, *_ in src.grouped.get(move.src, ())}
     moved = {a for a, _, _ in move.factors}
     unstacked = move.dst_index is None and move.src_index is None
     for axis, dst_factors in dst_axes.items():

@@ -423,26 +423,6 @@ def _fused_heads_of(src: np.ndarray, dst: np.ndarray, heads: tuple[int, int]) ->
     )
 
 
-@pytest.mark.parametrize(("src", "dst"), [((8, 2), (16, 4)), ((8, 2), (8, 4)), ((8, 4), (8, 2))])
-def test_grouped_heads_in_one_axis_keep_each_query_head_with_its_kv_head(src, dst):
-    """Both sides grouped: the query axis is (kv groups, heads per group, head_dim), the
-    kv axis (kv heads, head_dim); moved per factor, a query head that keeps source
-    values reads the kv head of its source group (or a fresh one), never another's."""
-    src_model, dst_model = FusedGrouped(*src), FusedGrouped(*dst)
-    variables = src_model.init(KEY, X)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", StructureWarning)
-        out = dpiat_jax.transfer(variables, src_model, dst_model, jax.random.key(1), sample_input=X)
-    p, o = variables["params"], out["params"]
-    q = _fused_heads_of(p["q"]["kernel"], o["q"]["kernel"], (src[0], dst[0]))
-    kv = _fused_heads_of(p["k"]["kernel"], o["k"]["kernel"], (src[1], dst[1]))
-    assert sum(s is not None for s in q) >= min(src[0], dst[0]) // 2
-    for head, source in enumerate(q):
-        group = kv[head // (dst[0] // dst[1])]
-        if source is not None and group is not None:
-            assert group == source // (src[0] // src[1]), (head, q, kv)
-
-
 def _kv_of(head: int, heads: tuple[int, int]) -> int:
     """The kv head that query ``head`` reads, of ``(heads, kv_heads)``."""
     return head // (heads[0] // heads[1])
@@ -450,14 +430,28 @@ def _kv_of(head: int, heads: tuple[int, int]) -> int:
 
 @pytest.mark.parametrize(
     ("src", "dst"),
-    [((4, 4), (4, 2)), ((4, 2), (4, 4)), ((8, 8), (4, 2)), ((4, 2), (8, 8)), ((2, 2), (8, 4))],
-    ids=["mha-gqa", "gqa-mha", "mha8-gqa4", "gqa4-mha8", "indivisible"],
+    [
+        ((8, 2), (16, 4)),
+        ((8, 2), (8, 4)),
+        ((8, 4), (8, 2)),
+        ((4, 4), (4, 2)),
+        ((4, 2), (4, 4)),
+        ((8, 8), (4, 2)),
+        ((4, 2), (8, 8)),
+        ((2, 2), (8, 4)),
+        ((4, 1), (4, 2)),
+        ((4, 4), (4, 1)),
+        ((4, 1), (8, 2)),
+    ],
+    ids=lambda heads: f"{heads[0]}/{heads[1]}",
 )
-def test_grouped_heads_in_one_axis_on_one_side_map_to_their_groups(src, dst):
-    """Multi-head <-> grouped-query attention in one axis: a target group whose query
-    heads are seeded reads the kv head of one of their source query heads (of the only
-    one toward multi-head attention, where each group is one query head); no warning:
-    nothing is cropped blindly."""
+def test_grouped_heads_in_one_axis_map_to_their_groups(src, dst):
+    """Heads in one axis with the head dimension, grouped-query (kv heads repeated to
+    the groups), multi-head (as many kv heads) or multi-query (one): a target group
+    whose query heads are seeded reads the kv head of one of their source query heads
+    (of the only one where the target's groups are no larger than the source's); with
+    as many query heads on both sides every query head keeps its own values. No
+    warning: nothing is cropped blindly."""
     src_model, dst_model = FusedGrouped(*src), FusedGrouped(*dst)
     variables = src_model.init(KEY, X)
     with warnings.catch_warnings():
@@ -467,11 +461,38 @@ def test_grouped_heads_in_one_axis_on_one_side_map_to_their_groups(src, dst):
     q = _fused_heads_of(p["q"]["kernel"], o["q"]["kernel"], (src[0], dst[0]))
     kv = _fused_heads_of(p["k"]["kernel"], o["k"]["kernel"], (src[1], dst[1]))
     assert sum(s is not None for s in q) >= min(src[0], dst[0]) // 2, q
+    if src[0] == dst[0]:
+        assert q == list(range(dst[0])), q
     for group in range(dst[1]):
         seeded = [(h, s) for h, s in enumerate(q) if s is not None]
         read = {_kv_of(s, src) for h, s in seeded if _kv_of(h, dst) == group}
         assert not read or kv[group] in read, (group, q, kv)
     assert jnp.all(jnp.isfinite(dst_model.apply(out, X)))
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "rule"),
+    [
+        ((4, 2), (4, 4), "clip"),
+        ((8, 2), (8, 4), "clip"),
+        ((4, 1), (4, 2), "clip"),
+        # one kv head -> 4: the published shape score pairs the target's (8, 16) k and v
+        # with the source's (8, 16) query; net2net's width-free score pairs them by role
+        ((4, 1), (4, 4), "net2net"),
+    ],
+)
+def test_more_kv_heads_at_the_same_query_heads_is_exact(src, dst, rule):
+    """Grouped-query attention is attention with fewer kv heads repeated: moved into
+    more kv heads (multi-head included) each group's kv head is repeated to the target
+    kv heads its query heads read, and the target computes the source's function."""
+    src_model, dst_model = FusedGrouped(*src), FusedGrouped(*dst)
+    variables = src_model.init(KEY, X)
+    out = dpiat_jax.transfer(
+        variables, src_model, dst_model, jax.random.key(1), sample_input=X, tensor_rule=rule
+    )
+    np.testing.assert_allclose(
+        dst_model.apply(out, X), src_model.apply(variables, X), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_grouped_to_multi_head_attention_in_one_axis_is_exact():

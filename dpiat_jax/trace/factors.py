@@ -116,6 +116,8 @@ class FactorFlow:
       batch: atoms lined up as batch dimensions of a ``dot_general`` whose operands both
         come from parameters (the heads of an attention product).
       groups: root -> the atoms of its class.
+      lone: parameter atoms lined up as batch dimensions of such a ``dot_general``
+        with an atom of no parameter (query heads served by one broadcast kv head).
 
     >>> flow = FactorFlow((("params", "w"),), ((2, 6),), {}, {}, frozenset(), {})
     >>> flow.is_whole((0, 1, 1, 6, 0)), flow.is_major((0, 1, 2, 3, 0))
@@ -128,6 +130,7 @@ class FactorFlow:
     cuts: Mapping[Atom, frozenset[tuple[int, int]]]
     batch: frozenset[Atom]
     groups: Mapping[Atom, tuple[Atom, ...]]
+    lone: frozenset[Atom] = frozenset()
 
     def root(self, atom: Atom) -> Atom:
         """Returns the representative of ``atom``'s class.
@@ -184,6 +187,7 @@ class _Walk:
         self.parent: dict[Atom, Atom] = {}
         self.cuts: dict[Atom, set[tuple[int, int]]] = {}
         self.batch: set[Atom] = set()
+        self.lone: set[Atom] = set()
         self._fresh = itertools.count()
 
     def fresh(self, shape: Shape) -> Dims:
@@ -209,14 +213,18 @@ class _Walk:
         return root
 
     def align(self, a: Sequence[Atom], b: Sequence[Atom], batch: bool = False) -> None:
-        """Unites the parameter atoms two lined-up dimensions share."""
+        """Unites the parameter atoms two lined-up dimensions share; as batch
+        dimensions, their parameter atoms are heads (``lone`` when the other side's
+        atom is no parameter's: the query heads that one kv head, broadcast, serves)."""
         for x, y in refine(a, b) or ():
             if x[0] >= 0 and y[0] >= 0:
                 rx, ry = self.find(x), self.find(y)
                 if rx != ry:
                     self.parent[rx] = ry
-                if batch:
-                    self.batch.update((x, y))
+            if batch and x[0] >= 0 and y[0] >= 0:
+                self.batch.update((x, y))
+            elif batch:
+                self.lone.update(atom for atom in (x, y) if atom[0] >= 0)
 
 
 def _shape(v: Any) -> Shape:
@@ -284,7 +292,8 @@ def _dot_general(walk: _Walk, eqn: Any) -> None:
         walk.align(lhs[i], rhs[j], batch=both)
     free_l = [lhs[i] for i in range(len(lhs)) if i not in lc and i not in lb]
     free_r = [rhs[i] for i in range(len(rhs)) if i not in rc and i not in rb]
-    walk.set(eqn.outvars[0], [lhs[i] for i in lb] + free_l + free_r)
+    batch = [lhs[i] if any(a[0] >= 0 for a in lhs[i]) else rhs[j] for i, j in zip(lb, rb)]
+    walk.set(eqn.outvars[0], batch + free_l + free_r)
 
 
 def _conv(walk: _Walk, eqn: Any) -> None:
@@ -502,4 +511,5 @@ def factor_flow(
         cuts,
         frozenset(walk.batch),
         {root: tuple(atoms) for root, atoms in groups.items()},
+        frozenset(walk.lone),
     )
