@@ -245,6 +245,38 @@ def test_hf_object_without_params_needs_them():
         as_variables(fake_text(8, init=False), "src_params")
 
 
+class Listener(nn.Module):
+    """An audio model's ``__call__``: features, then decoder token ids."""
+
+    @nn.compact
+    def __call__(self, input_features, decoder_input_ids, decoder_attention_mask=None):
+        x = nn.Dense(4)(input_features).mean(1, keepdims=True)
+        return x + nn.Embed(10, 4)(decoder_input_ids)
+
+
+class FakeAudioHf(FakeHf):
+    """A Hugging Face-like model whose ``init_weights`` passes its inputs by keyword,
+    as Whisper's does (its features are no token input the config describes)."""
+
+    def init_weights(self, rng, input_shape, params=None):
+        features = jnp.zeros(input_shape, jnp.float32)
+        ids = jnp.ones((input_shape[0], 1), jnp.int32)
+        return self.module.init(rng, input_features=features, decoder_input_ids=ids)["params"]
+
+
+def test_hf_default_input_is_what_init_weights_passes():
+    model = FakeAudioHf(Listener(), None, SimpleNamespace())
+    model.input_shape = (1, 6, 8)
+    module = model.module
+    x = hf_sample_input(model, None, "src_def")
+    assert [(a.shape, a.dtype) for a in x.args] == [((1, 6, 8), jnp.float32), ((1, 1), jnp.int32)]
+    assert model.module is module  # the dry run of init_weights used a copy
+    source = FakeAudioHf(Listener(), model.init_weights(jax.random.key(0), (1, 6, 8)), None)
+    source.input_shape = (1, 6, 8)
+    out = dpiat_jax.transfer(None, source, model, 1)
+    chex.assert_trees_all_equal(out, source.params)
+
+
 def test_hf_required_input_that_cannot_be_built_is_named():
     class Odd(nn.Module):
         @nn.compact

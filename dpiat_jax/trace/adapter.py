@@ -22,10 +22,9 @@ operations for all:
   in the source's form for linen, a new model for NNX, the params dict in the form the
   Hugging Face model keeps, so that ``model.params = result`` works).
 
-A Hugging Face model also brings a default input built from its config
-(:func:`hf_sample_input`: token ids of length ``min(max_position_embeddings, 16)``, or
-pixel values of the shape its ``init_weights`` uses) and runs in inference mode
-(``deterministic=True``).
+A Hugging Face model also brings a default input (:func:`hf_sample_input`: the inputs
+its own ``init_weights`` passes to its module, token inputs of length
+``min(max_position_embeddings, 16)``) and runs in inference mode (``deterministic=True``).
 
 Every error names the user's argument (``argname``) and says what to pass instead.
 :func:`trace_target` traces a target with the source's input and warns when the

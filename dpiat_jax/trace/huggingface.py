@@ -3,14 +3,16 @@
 A ``transformers.FlaxPreTrainedModel`` carries a linen ``.module``, its ``.params`` and
 a ``.config``; it is duck-typed here (:func:`is_hf_model`), transformers is never
 imported. :func:`hf_variables` reads its parameters as a variables dict,
-:func:`hf_sample_input` builds the input its ``init_weights`` would use (token ids of
-length ``min(max_position_embeddings, 16)``, or pixel values of its input shape) and
+:func:`hf_sample_input` builds the input its ``init_weights`` uses (read from a dry run
+of ``init_weights`` on a copy of the model; token inputs of length
+``min(max_position_embeddings, 16)``) and
 :func:`hf_call_kwargs` adds the inference-mode flag. The adapter that uses them is
 :class:`dpiat_jax.trace.adapter.HfModel`.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -123,6 +125,73 @@ def hf_variables(model: Any) -> Variables | None:
     return {"params": plain}
 
 
+class _Captured(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by :class:`_Recorder` with the inputs ``init_weights`` passes."""
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        super().__init__("captured")
+        self.args, self.kwargs = args, kwargs
+
+
+class _Recorder:
+    """Stands for a Hugging Face model's module while its ``init_weights`` runs: its
+    ``init`` records the inputs (abstract) and stops the run."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._wrapped = module
+
+    def init(self, rngs: Any, *args: Any, **kwargs: Any) -> None:
+        del rngs
+        raise _Captured(inputs.abstract_tree(args), inputs.abstract_tree(kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+def _init_weights_inputs(model: Any) -> list[tuple[str, Any]] | None:
+    """The positional inputs, by name and in order, that the model's own
+    ``init_weights`` passes to its module (abstract; nothing is computed), or None
+    where that cannot be read (no ``init_weights``, a model that keeps its module
+    elsewhere, an ``init_weights`` that fails before calling ``init``).
+
+    ``init_weights`` knows every input a model needs (CLIP's token ids and pixels,
+    Whisper's audio features and decoder ids); it runs on a shallow copy of the model
+    whose module is a :class:`_Recorder`, so the caller's model is untouched."""
+    init_weights = getattr(type(model), "init_weights", None)
+    shape = getattr(model, "input_shape", None)
+    if init_weights is None or shape is None:
+        return None
+    proxy = copy.copy(model)
+    recorder = _Recorder(model.module)
+    try:
+        if "module" in vars(proxy):  # a plain attribute, not transformers' property
+            proxy.module = recorder
+        else:
+            proxy._module = recorder
+        if proxy.module is not recorder:
+            return None
+        jax.eval_shape(lambda: init_weights(proxy, jax.random.PRNGKey(0), shape))
+    except _Captured as captured:
+        args, kwargs = captured.args, captured.kwargs
+    except Exception:  # noqa: BLE001 - any failure: the signature's reading answers
+        return None
+    else:
+        return None
+    params = list(inspect.signature(type(model.module).__call__).parameters.values())[1:]
+    try:
+        bound = inspect.Signature(params).bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    arrays = [p.name for p in params if isinstance(bound.get(p.name), jax.ShapeDtypeStruct)]
+    if not arrays:
+        return None
+    names = [p.name for p in params][: [p.name for p in params].index(arrays[-1]) + 1]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind not in kinds for p in params[: len(names)]):
+        return None
+    return [(n, bound.get(n, params[i].default)) for i, n in enumerate(names)]
+
+
 def _traced_positional(module: nn.Module) -> list[str]:
     """The names of the positional inputs ``module.__call__`` is traced with: its leading
     positional parameters that are required or token inputs (``attention_mask``,
@@ -178,12 +247,14 @@ def _default_input(model: Any, name: str, tokens: tuple[int, ...], argname: str)
 def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayTree:
     """Returns the input a Hugging Face model is traced with.
 
-    Without ``given``, every positional input its module's ``__call__`` requires, and
-    the token inputs it takes positionally after them (:func:`_traced_positional`), is
-    built from the config as its ``init_weights`` builds them: token inputs
-    (``input_ids``, ``attention_mask``, ``position_ids``...) int32 of shape ``(1,
-    min(max_position_embeddings, 16))``, ``pixel_values`` float32 of the model's
-    ``input_shape`` (NHWC, ``(1, image_size, image_size, num_channels)``). A single
+    Without ``given``, the inputs the model's own ``init_weights`` passes to its module
+    (:func:`_init_weights_inputs`: CLIP's token ids and pixels, Whisper's audio
+    features and decoder ids), abstract, in ``__call__``'s positional order; token
+    inputs of the token ids' shape are made ``(1, min(max_position_embeddings, 16))``.
+    Where ``init_weights`` cannot be read, every positional input ``__call__``
+    requires, and the token inputs it takes positionally after them
+    (:func:`_traced_positional`), is built from the config: token inputs int32 of that
+    shape, ``pixel_values`` float32 of the model's ``input_shape`` (NHWC). A single
     array given for a module that requires several inputs is its first one, and the
     others are built alike (token inputs of its shape). An ``Inputs`` record is kept.
 
@@ -214,7 +285,17 @@ def hf_sample_input(model: Any, given: ArrayTree | None, argname: str) -> ArrayT
         rest = [_default_input(model, n, tokens, argname) for n in names[1:]]
         return Inputs(inputs.abstract_tree(given), *rest)
     tokens = (1, _text_length(model.config))
-    built = [_default_input(model, n, tokens, argname) for n in names]
+    captured = _init_weights_inputs(model)
+    if captured is not None:
+        ids = dict(captured).get("input_ids")
+        built = [
+            jax.ShapeDtypeStruct(tokens, jnp.int32)
+            if n in _TOKEN_INPUTS and ids is not None and getattr(x, "shape", None) == ids.shape
+            else x
+            for n, x in captured
+        ]
+    else:
+        built = [_default_input(model, n, tokens, argname) for n in names]
     return built[0] if len(built) == 1 else Inputs(*built)
 
 
