@@ -11,9 +11,13 @@ exactly one child stays at its parent's level):
    layer if a leaf). Extension (issue 12, no published zoo model has such a child): a
    two-level structure with at least two sub-blocks *and* at least two single layers
    beside them is one unit (a transformer block: norm, attention, norm, MLP) and is
-   added as one element, so that attention aligns with attention and MLP with MLP;
+   added as one element, so that attention aligns with attention and MLP with MLP; so
+   is a parallel block (GPT-J: one norm beside two sub-blocks that differ);
 4. at level > 0, a list with more single layers than blocks is flattened one level and
-   becomes a one-level structure; otherwise (and always at level 0) it is two-level;
+   becomes a one-level structure; otherwise (and always at level 0) it is two-level.
+   Extension (issue 12): a stack of transformer layers is never flattened (a unit of
+   rule 3, or two blocks of one signature holding a layer or RMS norm), so that a
+   two-layer encoder beside its embeddings stays a list of layers as a deeper one does;
 5. a one-element list collapses to its element (one-level); the root is always a list.
 """
 
@@ -49,14 +53,50 @@ def _dimensional_count(items: list) -> int:
     )
 
 
+def _signature(items: list) -> tuple:
+    """The kinds and main shapes of the layers below ``items``, in order."""
+    return tuple((leaf.kind, leaf.shape) for leaf in tree_leaves(items))
+
+
 def _is_unit(items: list) -> bool:
     """Whether a two-level structure is one unit of sub-blocks with layers between them
     (a transformer block: norm, attention, norm, MLP), which is kept as one element so
     that attention aligns with attention and MLP with MLP; a stage of blocks (no single
-    layer beside them but a shortcut) is spliced as rule 3 says."""
+    layer beside them but a shortcut) is spliced as rule 3 says. A parallel block (GPT-J:
+    one norm, then attention and MLP side by side) is a unit too: two sub-blocks that
+    differ (a stack of layers repeats one) and norms as its only layers beside them."""
     blocks_in = [x for x in items if isinstance(x, list)]
     singles = [x for x in items if isinstance(x, Layer) and not x.is_placeholder]
-    return len(blocks_in) >= 2 and len(singles) >= 2
+    if len(blocks_in) >= 2 and len(singles) >= 2:
+        return True
+    return (
+        len(blocks_in) == 2
+        and len(singles) == 1
+        and kinds.is_norm(singles[0].kind)
+        and _signature(blocks_in[0]) != _signature(blocks_in[1])
+    )
+
+
+def _is_stack(items: list) -> bool:
+    """Whether a list holds a stack of transformer layers that rule 4 must not flatten:
+    a unit (:func:`_is_unit`), or at least two blocks of one signature with a layer or
+    RMS norm in them (an encoder's identical layers; convolutional stages, normalised
+    by batch or not at all, keep the published rule). Flattened, a two-layer encoder
+    beside its embeddings would be a flat run while a three-layer one stays a list of
+    blocks, and the two could not align (a block scores 0 against a layer)."""
+    blocks_in = [x for x in items if isinstance(x, list)]
+    if any(isinstance(x, _Unit) for x in blocks_in):
+        return True
+    normed = [
+        _signature(x)
+        for x in blocks_in
+        if any(leaf.kind in (kinds.LAYER_NORM, kinds.RMS_NORM) for leaf in tree_leaves(x))
+    ]
+    return len(normed) != len(set(normed))
+
+
+class _Unit(list):
+    """A unit's elements (:func:`_is_unit`), marked so that rule 4 keeps them whole."""
 
 
 def _child_items(node: ModuleNode, child_level: int) -> list:
@@ -71,7 +111,8 @@ def _child_items(node: ModuleNode, child_level: int) -> list:
         ):
             items.extend(result.items)
         else:
-            items.append(result.items)
+            unit = result.two_level and _is_unit(result.items)
+            items.append(_Unit(result.items) if unit else result.items)
     return items
 
 
@@ -90,7 +131,7 @@ def _standardise(node: ModuleNode | Layer, level: int) -> Layer | _Structure:
     child_level = level if len(node.children) == 1 else level + 1
     items = _child_items(node, child_level)
     singles = sum(1 for x in items if isinstance(x, Layer))
-    if level > 0 and singles > len(items) - singles:  # rule 4
+    if level > 0 and singles > len(items) - singles and not _is_stack(items):  # rule 4
         items, two_level = _flatten_one_level(items), False
     else:
         two_level = True

@@ -522,3 +522,95 @@ def test_transformer_block_is_kept_as_one_unit():
     stage = ModuleNode(("stage",), "Stage", (block(2).children[1], block(3).children[3]))
     tree = map_tree(lambda x: x.name, blocks(ModuleNode((), "Net", (stage, layer(("head",))))))
     assert tree == [["h2/attn/qkv", "h2/attn/o"], ["h3/mlp/fc", "h3/mlp/proj"], "head"]
+
+
+def _layer(path, kind="dense", shape=(4, 4)):
+    from jax import ShapeDtypeStruct
+
+    tensors = {"params": {"kernel": ShapeDtypeStruct(shape, jnp.float32)}}
+    return Layer(path, kind, "X", tensors, "kernel")
+
+
+def _node(path, *children):
+    from dpiat_jax.layers import ModuleNode
+
+    return ModuleNode(path, "M", tuple(children))
+
+
+def test_parallel_block_is_kept_as_one_unit():
+    """GPT-J's block: one norm, then attention and MLP side by side (two sub-blocks
+    that differ): a unit, so attention aligns with attention at any depth."""
+    from dpiat_jax.blocks import map_tree
+
+    def block(i):
+        p = (f"h{i}",)
+        attn = _node((*p, "attn"), _layer((*p, "attn", "q")), _layer((*p, "attn", "o")))
+        mlp = _node(
+            (*p, "mlp"),
+            _layer((*p, "mlp", "fc"), shape=(4, 8)),
+            _layer((*p, "mlp", "out"), shape=(8, 4)),
+        )
+        return _node(p, _layer((*p, "ln"), "layer_norm", (4,)), attn, mlp)
+
+    h = _node(("h",), block(0), block(1))
+    root = _node((), _node(("t",), _layer(("t", "wte"), "embed"), h), _layer(("head",)))
+    tree = map_tree(lambda x: x.name, blocks(root))
+    assert tree[0] == "t/wte" and tree[-1] == "head"
+    assert tree[1] == ["h0/ln", ["h0/attn/q", "h0/attn/o"], ["h0/mlp/fc", "h0/mlp/out"]]
+    # two identical sub-blocks beside one norm are a stack with its final norm: spliced
+    same = _node(
+        ("s",), block(2).children[1], block(3).children[1], _layer(("s", "ln"), "layer_norm", (4,))
+    )
+    tree = map_tree(lambda x: x.name, blocks(_node((), same, _layer(("head",)))))
+    assert tree == [["h2/attn/q", "h2/attn/o"], ["h3/attn/q", "h3/attn/o"], "s/ln", "head"]
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_shallow_encoder_beside_its_embeddings_is_not_flattened(depth):
+    """Encoder layers (attention block, norms, dense layers) beside three singles
+    (embeddings, norm, dropout): rule 4 would flatten two layers but not three; a stack
+    of layer-normed blocks is kept either way (issue 12), so depths align."""
+    from dpiat_jax.blocks import map_tree
+
+    def layer_block(i):
+        p = ("enc", f"l{i}")
+        attn = _node((*p, "attn"), _layer((*p, "attn", "q")), _layer((*p, "attn", "o")))
+        rest = [_layer((*p, "ln1"), "layer_norm", (4,)), _layer((*p, "fc1")), _layer((*p, "fc2"))]
+        return _node(p, attn, *rest, _layer((*p, "ln2"), "layer_norm", (4,)))
+
+    singles = (_layer(("enc", "pos"), "embed"), _layer(("enc", "ln"), "layer_norm", (4,)))
+    drop = Layer(("enc", "drop"), "none", "Dropout", {}, "")
+    enc = _node(("enc",), *singles, drop, *(layer_block(i) for i in range(depth)))
+    (encoder, head) = map_tree(lambda x: x.name, blocks(_node((), enc, _layer(("head",)))))
+    assert encoder[:3] == ["enc/pos", "enc/ln", "enc/drop"] and head == "head"
+    assert [x[0] for x in encoder[3:]] == [f"enc/l{i}/attn/q" for i in range(depth)]
+
+
+def test_batch_normed_stage_keeps_the_published_flattening():
+    """The extension leaves convolutional stages alone: two identical batch-normed
+    blocks beside three single layers at level 1 are flattened (rule 4)."""
+    from dpiat_jax.blocks import map_tree
+
+    def conv_block(i):
+        p = ("stage", f"b{i}")
+        return _node(
+            p,
+            _layer((*p, "conv1"), "conv2d", (3, 3, 4, 4)),
+            _layer((*p, "bn"), "batch_norm", (4,)),
+            _layer((*p, "conv2"), "conv2d", (3, 3, 4, 4)),
+        )
+
+    singles = [_layer(("stage", n), "conv2d", (1, 1, 4, 4)) for n in ("a", "b", "c")]
+    stage = _node(("stage",), *singles, conv_block(0), conv_block(1))
+    tree = map_tree(lambda x: x.name, blocks(_node((), stage, _layer(("head",)))))
+    assert tree[0] == [
+        "stage/a",
+        "stage/b",
+        "stage/c",
+        "stage/b0/conv1",
+        "stage/b0/bn",
+        "stage/b0/conv2",
+        "stage/b1/conv1",
+        "stage/b1/bn",
+        "stage/b1/conv2",
+    ]
