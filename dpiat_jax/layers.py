@@ -108,8 +108,11 @@ class Layer:
 
     @property
     def spec(self) -> LayerSpec:
-        """The :class:`LayerSpec` the alignment sees (a zero-size tensor counts as none)."""
+        """The :class:`LayerSpec` the alignment sees (a zero-size tensor counts as none;
+        a scalar, CLIP's ``logit_scale``, as one value, so that it matches a scalar)."""
         shape = self.shape
+        if self.main and shape == ():
+            return LayerSpec(self.kind, (1,))
         if not shape or min(shape) <= 0:
             return LayerSpec(kinds.PLACEHOLDER, ())
         return LayerSpec(self.kind, shape)

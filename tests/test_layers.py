@@ -289,3 +289,34 @@ def test_two_traces_of_one_model_give_equal_records():
     by_layer = {layer: i for i, layer in enumerate(layers(first))}
     assert [by_layer[layer] for layer in layers(second)] == list(range(len(layers(first))))
     assert ModuleNode((), first.type_name, first.children[:-1]) != first
+
+
+class ScaledHead(nn.Module):
+    """A dense layer beside a learned scalar the root owns (CLIP's ``logit_scale``)."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("logit_scale", nn.initializers.constant(2.0), ())
+        return nn.Dense(self.width, name="head")(x) * scale
+
+
+def test_scalar_parameter_is_a_layer_that_matches_a_scalar():
+    """A scalar is one value, not a placeholder: the root pseudo-layer that owns it
+    scores against another scalar and moves."""
+    import dpiat_jax
+
+    x = jnp.ones((1, 4))
+    src, dst = ScaledHead(3), ScaledHead(5)
+    variables = src.init(jax.random.key(0), x)
+    variables["params"]["logit_scale"] = jnp.asarray(7.0)
+    root, _ = trace(dst, None, (x,), {})
+    assert [layer.spec for layer in layers(root) if layer.name == "<root>"] == [
+        LayerSpec("own:ScaledHead", (1,))
+    ]
+    the_plan = dpiat_jax.plan(src, dst, src_variables=variables, sample_input=x)
+    assert not the_plan.report.unmatched_dst, the_plan.report
+    out = the_plan.apply(variables, jax.random.key(1))
+    assert float(out["params"]["logit_scale"]) == 7.0
+    assert out["params"]["logit_scale"].shape == ()
