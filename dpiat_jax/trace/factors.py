@@ -317,6 +317,23 @@ def _broadcast_in_dim(walk: _Walk, eqn: Any) -> None:
     walk.set(out, dims)
 
 
+def _concatenate(walk: _Walk, eqn: Any) -> None:
+    """A concatenation: every dimension but the joined one is lined up across the
+    operands and kept (a rotary embedding's rotated and passed parts of each head keep
+    the heads); the joined dimension is new."""
+    axis, shape = eqn.params["dimension"], _shape(eqn.outvars[0])
+    dims = list(walk.fresh(shape))
+    for i in range(len(shape)):
+        options = [walk.dims(v)[i] for v in eqn.invars]
+        options = [d for d in options if any(a[0] >= 0 for a in d)]
+        if i == axis or not options:
+            continue
+        dims[i] = options[0]
+        for other in options[1:]:
+            walk.align(options[0], other)
+    walk.set(eqn.outvars[0], dims)
+
+
 def _reshape(walk: _Walk, eqn: Any) -> None:
     atoms = [a for d in walk.dims(eqn.invars[0]) for a in d]
     walk.set(eqn.outvars[0], _regroup(walk, atoms, _shape(eqn.outvars[0])))
@@ -420,6 +437,7 @@ _RULES: Mapping[str, Callable[[_Walk, Any], None]] = {
     "conv_general_dilated": _conv,
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _reshape,
+    "concatenate": _concatenate,
     "transpose": _transpose,
     "squeeze": _squeeze,
     "slice": _slice,

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import dpiat_jax
 from compat.checks import assert_finite, assert_fresh_form, hf_fresh, key, random_like, require
+from dpiat_jax.structure import StructureWarning
 from dpiat_jax.trace.adapter import hf_sample_input
 
 transformers = require("transformers")
@@ -125,3 +128,34 @@ def test_depth_change_seeds_every_layer_by_its_role(name, src, dst):
 def _concrete(args):
     """Concrete inputs for abstract ones: ones of each shape and dtype."""
     return [None if a is None else jnp.ones(a.shape, a.dtype) for a in args]
+
+
+def gptj_wide(width: int):
+    config = transformers.GPTJConfig(
+        vocab_size=100, n_embd=width, n_layer=2, n_head=width // 16, rotary_dim=8, n_positions=64
+    )
+    return transformers.FlaxGPTJForCausalLM(config, _do_init=False)
+
+
+@pytest.mark.parametrize(("src", "dst"), [(32, 64), (64, 32)], ids=["grow", "shrink"])
+def test_gptj_width_change_keeps_whole_heads(src, dst):
+    """GPT-J's partial rotary embedding (the first 8 of each head's 16 values rotated,
+    the rest passed, concatenated again) keeps its heads visible: q, k, v move head by
+    head (2 <-> 4 heads of 16), with no warning."""
+    source = random_like(hf_fresh(gptj_wide(src)), seed=src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        the_plan = dpiat_jax.plan(gptj_wide(src), gptj_wide(dst), src_variables=source)
+    report = the_plan.report
+    assert report.layers_transferred == report.layers_total, report
+    assert any(d.endswith("attn/q_proj/kernel") for d, *_ in report.factored), report.factored
+    out = the_plan.apply(source, key(0))["params"]
+    s = np.asarray(source["transformer"]["h"]["0"]["attn"]["q_proj"]["kernel"])
+    t = np.asarray(out["transformer"]["h"]["0"]["attn"]["q_proj"]["kernel"])
+    n = min(src, dst)
+    s, t = s[(src - n) // 2 :][:n], t[(dst - n) // 2 :][:n]  # the rows both sides share
+    heads_s, heads_t = s.reshape(n, -1, 16), t.reshape(n, -1, 16)
+    kept = [j for j in range(heads_t.shape[1]) if any(
+        np.array_equal(heads_t[:, j], heads_s[:, i]) for i in range(heads_s.shape[1])
+    )]  # fmt: skip
+    assert len(kept) == min(src, dst) // 16, kept
