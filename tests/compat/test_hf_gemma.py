@@ -110,33 +110,32 @@ def test_more_kv_heads_compute_the_source_function(src, dst, rule):
     )
 
 
+def moved(src: tuple[int, int], dst: tuple[int, int]) -> tuple[dict, dict]:
+    """``(source attention, result attention)`` params of layer 0 of a transfer between
+    two 2-layer Gemmas of ``(heads, kv_heads)``; no warning, and the target runs."""
+    source = params(2, *src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructureWarning)
+        out = dpiat_jax.transfer(source, gemma(2, *src), gemma(2, *dst), key(1))
+    runs(gemma(2, *dst), out)
+    return source["model"]["layers"]["0"]["self_attn"], out["model"]["layers"]["0"]["self_attn"]
+
+
 def test_multi_head_to_multi_query_keeps_every_query_head():
     """4 kv heads -> 1: the query heads all keep their values and the one kv head is a
     whole source kv head (the middle one), not a crop across two heads."""
-    source = params(2, 4, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", StructureWarning)
-        out = dpiat_jax.transfer(source, gemma(2, 4, 4), gemma(2, 4, 1), key(1))
-    s = source["model"]["layers"]["0"]["self_attn"]
-    o = out["model"]["layers"]["0"]["self_attn"]
+    s, o = moved((4, 4), (4, 1))
     np.testing.assert_array_equal(o["q_proj"]["kernel"], s["q_proj"]["kernel"])
     for name in ("k_proj", "v_proj"):
         heads = np.asarray(s[name]["kernel"]).reshape(32, 4, 8)
         np.testing.assert_array_equal(o[name]["kernel"], heads[:, 1])
-    runs(gemma(2, 4, 1), out)
 
 
 def test_multi_query_head_count_change_keeps_whole_heads():
     """One kv head on both sides, 4 -> 8 query heads: the source's query heads land
     whole (centred), the kv head is kept, no warning."""
-    source = params(2, 4, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", StructureWarning)
-        out = dpiat_jax.transfer(source, gemma(2, 4, 1), gemma(2, 8, 1), key(1))
-    s = source["model"]["layers"]["0"]["self_attn"]
-    o = out["model"]["layers"]["0"]["self_attn"]
+    s, o = moved((4, 1), (8, 1))
     query = np.asarray(o["q_proj"]["kernel"]).reshape(32, 8, 8)
     source_query = np.asarray(s["q_proj"]["kernel"]).reshape(32, 4, 8)
     np.testing.assert_array_equal(query[:, 2:6], source_query)
     np.testing.assert_array_equal(o["k_proj"]["kernel"], s["k_proj"]["kernel"])
-    runs(gemma(2, 8, 1), out)
