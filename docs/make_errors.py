@@ -30,7 +30,7 @@ HEADER = """\
 The mistakes users make with `dpiat_jax.transfer` (and `match`, `similarity`,
 `plan`), each with the message the library answers. Every message names the argument,
 the layer path or the collection at fault, and what to pass instead. Errors stop the
-call; warnings (`IgnoredCollectionWarning`, `InputInferenceWarning`,
+call; warnings (`DeepeningWarning`, `IgnoredCollectionWarning`, `InputInferenceWarning`,
 `LowCoverageWarning`, `StructureWarning`, `UntracedModuleWarning`, all `UserWarning`s,
 exported at the top level) let it go through.
 

@@ -25,6 +25,7 @@ from dpiat_jax.api import (
 )
 from dpiat_jax.blocks import to_spec_tree
 from dpiat_jax.coverage import LowCoverageWarning
+from dpiat_jax.deepening import DeepeningWarning
 from dpiat_jax.layers import Layer, ModuleNode
 from dpiat_jax.matchers import MATCHERS, align, get_matcher
 from dpiat_jax.matching import MatchReport
@@ -43,6 +44,7 @@ __all__ = [
     "MATCHERS",
     "TENSOR_RULES",
     "Alignment",
+    "DeepeningWarning",
     "IgnoredCollectionWarning",
     "InputInferenceWarning",
     "Inputs",

@@ -36,8 +36,10 @@ qualify keeps its copied values and is listed in :attr:`Deepening.kept`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,11 +59,13 @@ from dpiat_jax.variables import TensorKey, tensor_key
 __all__ = [
     "DEEPEN_MODES",
     "Deepening",
+    "DeepeningWarning",
     "IdentityBlock",
     "check_deepen",
     "identity_layers",
     "plan_deepening",
     "seed_runs",
+    "warn_kept",
     "zero_tensors",
 ]
 
@@ -107,6 +111,38 @@ class IdentityBlock:
     block: str
     source: str
     zeroed: tuple[TensorKey, ...]
+
+
+class DeepeningWarning(UserWarning):
+    """``deepen="identity"`` left new blocks with their copied values: the deeper
+    network does not compute the source's function at step 0.
+
+    >>> issubclass(DeepeningWarning, UserWarning)
+    True
+    """
+
+
+def warn_kept(deepening: Deepening, *, stacklevel: int = 2) -> None:
+    """Warns when ``deepen="identity"`` could not make every new block an identity.
+
+    Args:
+      deepening: the plan's :class:`Deepening`.
+      stacklevel: as for :func:`warnings.warn`.
+    """
+    if not deepening.kept:
+        return
+    counts = collections.Counter(deepening.kept)
+    shown = "; ".join(
+        f"{name or '<root>'} ({why})" + (f" x{n}" if n > 1 else "")
+        for (name, why), n in counts.items()
+    )
+    warnings.warn(
+        f'deepen="identity": {len(deepening.kept)} new block(s) keep their copied values '
+        f"instead of starting as identities: {shown}. The deeper network does not compute "
+        "the source's function at step 0 (plan.deepening.kept lists them).",
+        DeepeningWarning,
+        stacklevel=stacklevel,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,13 @@ from dpiat_jax.arguments import as_key, as_variables, split_inputs, split_kwargs
 from dpiat_jax.blocks import blocks, to_spec_tree, tree_leaves
 from dpiat_jax.channels import ChannelGraph, call_order_channels, target_channels
 from dpiat_jax.coverage import warn_low_coverage
-from dpiat_jax.deepening import Deepening, IdentityBlock, plan_deepening, zero_tensors
+from dpiat_jax.deepening import (
+    Deepening,
+    IdentityBlock,
+    plan_deepening,
+    warn_kept,
+    zero_tensors,
+)
 from dpiat_jax.matchers import Matcher, align
 from dpiat_jax.matching import LayerPair, MatchReport, build_report, layer_pairs
 from dpiat_jax.nonfinite import enforce, finite_flags
@@ -872,6 +878,7 @@ def build_plan(
     dst = trace_target(dst_model, dst_vars, src, dst_in, dst_kw)
     the_plan = plan_traced(src, dst, dst_model, options, rng, src_model)
     warn_low_coverage(the_plan.report, stacklevel=3)
+    warn_kept(the_plan.deepening, stacklevel=3)
     return the_plan
 
 

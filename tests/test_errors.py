@@ -25,6 +25,7 @@ from flax import traverse_util
 import dpiat_jax
 from dpiat_jax import LayerSpec
 from dpiat_jax.coverage import LowCoverageWarning
+from dpiat_jax.deepening import DeepeningWarning
 from dpiat_jax.models import get_model
 from dpiat_jax.structure import StructureWarning
 from dpiat_jax.trace.inference import InputInferenceWarning
@@ -127,12 +128,30 @@ class Bridged(nn.Module):  # the NNX module inside a linen one
         return nnx.bridge.to_linen(Pair, name="pair")(nn.Dense(4, name="stem")(x))
 
 
+class Block(nn.Module):  # two dense layers, no residual path
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(4, name="fc2")(nn.relu(nn.Dense(8, name="fc1")(x)))
+
+
+class Tower(nn.Module):  # a stem, blocks, a head
+    depth: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(4, name="stem")(x)
+        for i in range(self.depth):
+            x = Block(name=f"block{i}")(x)
+        return nn.Dense(2, name="head")(x)
+
+
 cnn_vars = Cnn().init(key, image)
 mlp_vars = Mlp().init(key, vector)
 gain_vars = Gain((4,)).init(key, vector)
 two_vars = TwoInputs().init(key, vector, vector)
 one_head_vars = Heads(1, 8).init(key, tokens)
 bridged_vars = Bridged().init(key, vector)
+tower_vars = Tower(1).init(key, vector)
 _, sown = Cnn().apply(cnn_vars, image, mutable=["intermediates"])
 cnn_vars_and_features = {**cnn_vars, **sown}  # what apply(..., mutable=...) hands back
 """
@@ -292,6 +311,15 @@ CASES: tuple[Case, ...] = (
         UntracedModuleWarning,
         r"2 module\(s\) holding variables were never seen called.*pair/a, pair/b.*"
         r"rebuilt from the variable tree",
+    ),
+    Case(
+        "deepen-without-residual-blocks",
+        'deepen="identity" where the new blocks have no residual path',
+        "dpiat_jax.transfer(tower_vars, Tower(1), Tower(3), key, sample_input=vector,"
+        ' deepen="identity")',
+        DeepeningWarning,
+        r'deepen="identity": 2 new block\(s\) keep their copied values.*block1 \(not residual'
+        r".*plan.deepening.kept",
     ),
     Case(
         "unknown-matcher",

@@ -14,6 +14,7 @@ import pytest
 
 import dpiat_jax
 from dpiat_jax.channels import trace_channels
+from dpiat_jax.deepening import DeepeningWarning
 from dpiat_jax.models import MLP, CifarResNet, ViT
 from dpiat_jax.plan import TransferPlan, plan
 from dpiat_jax.tensors import TENSOR_RULES, get_tensor_rule, net2net
@@ -335,7 +336,8 @@ def test_a_block_that_is_not_residual_keeps_its_copies_and_is_reported():
     x = jnp.zeros((2, 6))
     src, dst = PlainNet(2), PlainNet(4)
     src_vars = _trained(src, x)
-    deep = plan(src, dst, sample_input=x, deepen="identity")
+    with pytest.warns(DeepeningWarning, match="keep their copied values"):
+        deep = plan(src, dst, sample_input=x, deepen="identity")
     plain = plan(src, dst, sample_input=x)
     assert deep.deepening.identity == ()
     assert deep.deepening.kept and all("not residual" in why for _, why in deep.deepening.kept)
