@@ -96,6 +96,13 @@ def split_inputs(sample_input: ArrayTree | None) -> tuple[ArrayTree | None, Arra
     >>> [v.shape for v in split_inputs((x, y))]
     [(1, 3), (1, 2)]
     """
+    shape = isinstance(sample_input, (tuple, list)) and len(sample_input) > 0
+    if shape and all(isinstance(n, int) and not isinstance(n, bool) for n in sample_input):
+        raise TypeError(
+            f"`sample_input` is {tuple(sample_input)!r}, a shape: pass an input of that shape, "
+            f"e.g. sample_input=jnp.zeros({tuple(sample_input)!r}) (a 2-tuple is read as a "
+            "(src_input, dst_input) pair)."
+        )
     src, dst = split_pair(sample_input, "sample_input", is_single=is_input, hint=_ONE_INPUT)
     return one_input(src), one_input(dst)
 

@@ -322,6 +322,14 @@ CASES: tuple[Case, ...] = (
         r".*plan.deepening.kept",
     ),
     Case(
+        "shape-as-sample-input",
+        "A shape where an input is expected",
+        "dpiat_jax.transfer(mlp_vars, Mlp(), Mlp(), key, sample_input=(1, 4))",
+        TypeError,
+        r"`sample_input` is \(1, 4\), a shape: pass an input of that shape, e\.g\. "
+        r"sample_input=jnp\.zeros\(\(1, 4\)\)",
+    ),
+    Case(
         "unknown-matcher",
         "An unknown matcher name",
         'dpiat_jax.transfer(mlp_vars, Mlp(), Mlp(), key, matcher="dpp")',
