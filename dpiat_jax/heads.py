@@ -83,6 +83,8 @@ _T = TypeVar("_T")
 
 #: ``((axis, factor sizes major first), ...)``: the factored axes of one tensor.
 AxisFactors = tuple[tuple[int, Shape], ...]
+#: ``(axis, kv, heads per group)`` of a factored axis of grouped-query attention.
+GroupSide = tuple[int, bool, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,10 +495,6 @@ def single_kv(
     )
 
 
-#: ``(axis, kv, heads per group)`` of a factored axis of grouped-query attention.
-GroupSide = tuple[int, bool, int]
-
-
 def _grouping(factors: Shape, side: tuple[bool, int] | None) -> tuple[int, int, Shape, bool | None]:
     """``(kv groups, query heads, head_dim factors, kv)`` of a factored axis: plain
     multi-head ``(heads, *head_dim)`` (``side`` None: a group per head), a grouped
@@ -584,6 +582,9 @@ def with_groups(
     """
     out = []
     for move in moves:
+        if move.positional or len(move.src_shape) != len(move.dst_shape):
+            out.append(move)
+            continue
         dst_axes = _step(dst_factors.get(move.dst, ()), move.dst_index)
         src_axes = _step(src_factors.get(move.src, ()), move.src_index)
         dst_sides = _sides(dst_groups.get(move.dst, ()), move.dst_index)
@@ -605,9 +606,6 @@ def with_groups(
             entries[axis] = (axis, src, dst)
             if repeat:
                 broadcast.append((axis, 1))
-        if move.positional or len(move.src_shape) != len(move.dst_shape):
-            out.append(move)
-            continue
         factors = tuple(entries[a] for a in sorted(entries))
         out.append(dataclasses.replace(move, factors=factors, broadcast=tuple(broadcast)))
     return tuple(out)
